@@ -1,0 +1,38 @@
+# Builds and runs examples/consumer against an installed kronfac, either through
+# find_package(kronfac) (MODE=cmake) or through pkg-config (MODE=pkgconfig).
+file(REMOVE_RECURSE ${BIN})
+file(MAKE_DIRECTORY ${BIN})
+if(MODE STREQUAL "cmake")
+  execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${BIN} -DCMAKE_PREFIX_PATH=${PREFIX}
+                  RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "configuring the find_package consumer failed")
+  endif()
+  execute_process(COMMAND ${CMAKE_COMMAND} --build ${BIN} RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "building the find_package consumer failed")
+  endif()
+  execute_process(COMMAND ${BIN}/consumer RESULT_VARIABLE rc)
+else()
+  find_program(PKG_CONFIG pkg-config REQUIRED)
+  file(GLOB pcdirs ${PREFIX}/lib*/pkgconfig ${PREFIX}/lib/*/pkgconfig)
+  string(REPLACE ";" ":" pcpath "${pcdirs}")
+  set(ENV{PKG_CONFIG_PATH} "${pcpath}")
+  execute_process(COMMAND ${PKG_CONFIG} --cflags --libs kronfac OUTPUT_VARIABLE flags
+                  OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "pkg-config does not know kronfac (PKG_CONFIG_PATH=${pcpath})")
+  endif()
+  separate_arguments(flags UNIX_COMMAND "${flags}")
+  execute_process(COMMAND ${PKG_CONFIG} --variable=libdir kronfac OUTPUT_VARIABLE libdir
+                  OUTPUT_STRIP_TRAILING_WHITESPACE)
+  execute_process(COMMAND ${CC} -std=c99 -Wall -Wextra -Wpedantic -Werror ${SRC}/consumer.c
+                          ${flags} -Wl,-rpath,${libdir} -o ${BIN}/consumer RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "compiling the pkg-config consumer failed")
+  endif()
+  execute_process(COMMAND ${BIN}/consumer RESULT_VARIABLE rc)
+endif()
+if(rc)
+  message(FATAL_ERROR "the consumer program failed (${rc})")
+endif()

@@ -1,0 +1,89 @@
+/* Private helpers shared by the core's source files: never installed, never in a module map. */
+#ifndef KF_INTERNAL_H
+#define KF_INTERNAL_H
+
+#include "kronfac.h"
+
+#include <stddef.h>
+
+#define KF_MSG_CAP 256
+
+/* A last-error message buffer, embedded in every handle. */
+typedef struct kf_errbuf {
+    char msg[KF_MSG_CAP];
+} kf_errbuf;
+
+/* Formats the message into e (when e is not NULL) and returns status, so that validation reads
+ * `return kf__fail(&ctx->err, KF_ERR_SHAPE, "lda (%zu) < k (%zu)", lda, k);`. */
+kf_status kf__fail(kf_errbuf *e, kf_status status, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void kf__clear(kf_errbuf *e);
+/* Prefixes the message in e with "fn: " and returns status (for messages set by the checks). */
+kf_status kf__prefix(kf_errbuf *e, kf_status status, const char *fn);
+
+/* Allocation through a (possibly default) allocator; sizes are tracked by the caller. */
+void *kf__alloc(const kf_allocator *a, size_t size);
+void kf__free(const kf_allocator *a, void *p, size_t size);
+/* *out = x * y (and + z); 0 on overflow. */
+int kf__mul_size(size_t x, size_t y, size_t *out);
+
+struct kf_context {
+    kf_allocator alloc;
+    kf_errbuf err;
+    void *work;        /* scratch workspace, 64-byte aligned by the allocator's guarantee */
+    size_t work_bytes;
+};
+
+/* Returns scratch of at least `bytes` (grown through the allocator) or NULL after setting
+ * KF_ERR_OUT_OF_MEMORY in ctx->err. The contents are not preserved across calls. */
+void *kf__ctx_work(kf_context *ctx, size_t bytes);
+
+/* Carves `bytes` from a scratch cursor, keeping 64-byte alignment for the next piece. */
+void *kf__carve(unsigned char **cursor, size_t bytes);
+#define KF_ALIGN_UP(x) (((x) + (size_t)63) & ~(size_t)63)
+
+/* Workspace-taking versions of the numerical primitives, shared by the public functions and the
+ * optimizer (which plans its memory up front). They validate nothing but the numbers: NaN/Inf,
+ * positive definiteness, convergence. Scratch must hold the bytes the _scratch function returns,
+ * 64-byte aligned. On error the outputs are untouched. */
+size_t kf__inverse_scratch(size_t n);
+kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
+                                kf_precision precision, float *inv, size_t ldinv,
+                                float *jitter_used, void *scratch);
+size_t kf__eig_scratch(size_t n);
+kf_status kf__sym_eig_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float *w, float *q,
+                         size_t ldq, void *scratch);
+/* Trace-norm pi; 1 when a trace is <= 0 or not finite. */
+float kf__pi(size_t dim_a, const float *a, size_t lda, size_t dim_g, const float *g, size_t ldg);
+size_t kf__eigenbasis_scratch(size_t out, size_t dim_a);
+kf_status kf__eigenbasis_apply_ws(kf_errbuf *e, size_t out, size_t dim_a, const float *v,
+                                  size_t ldv, const float *q_g, size_t ldqg, const float *eig_g,
+                                  const float *q_a, size_t ldqa, const float *eig_a,
+                                  const float *s, size_t lds, float damping, float *d, size_t ldd,
+                                  void *scratch);
+/* Workspace bytes for every primitive on factors up to d and batches up to `rows` rows. */
+size_t kf__context_reserve_bytes(size_t d, size_t rows);
+/* The normalised moving-average update without validation (see kf_factor_ema_update). */
+void kf__ema_fold(size_t dim, float decay, const float *batch, size_t ldb, float *avg,
+                  size_t ld_avg, double *weight);
+/* D = G_inv V A_inv (g_inv may be NULL); scratch: out * dim_a floats when g_inv is given. */
+void kf__kronecker_apply_ws(size_t out, size_t dim_a, const float *v, size_t ldv,
+                            const float *g_inv, size_t ld_ginv, const float *a_inv,
+                            size_t ld_ainv, float *d, size_t ldd, float *scratch);
+
+/* Argument checks. Each returns KF_OK or fails with a message naming the argument. */
+kf_status kf__check_ptr(kf_errbuf *e, const void *p, const char *name);
+/* rows, cols >= 1 and ld >= cols; name is the matrix's name. */
+kf_status kf__check_mat(kf_errbuf *e, const void *p, size_t rows, size_t cols, size_t ld,
+                        const char *name);
+/* 1 if the rows x cols matrix has only finite entries. */
+int kf__all_finite(size_t rows, size_t cols, const float *x, size_t ldx);
+int kf__all_finite_d(size_t rows, size_t cols, const double *x, size_t ldx);
+/* 1 if the memory ranges of two matrices (first element to last element) overlap. */
+int kf__overlap(const float *a, size_t rows_a, size_t ld_a, size_t cols_a,
+                const float *b, size_t rows_b, size_t ld_b, size_t cols_b);
+
+#endif /* KF_INTERNAL_H */

@@ -1,0 +1,245 @@
+/* Trace-norm pi, damped inverses with a jitter retry chain, symmetric eigendecompositions. */
+#include "kf_internal.h"
+#include "kf_linalg.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Jitter added after a failed factorisation, relative to the mean diagonal: 1e-6 .. 1e-1. */
+#define KF_JITTER_FIRST 1e-6
+#define KF_JITTER_LAST 1e-1
+
+float kf__pi(size_t dim_a, const float *a, size_t lda, size_t dim_g, const float *g, size_t ldg)
+{
+    double ta = 0.0, tg = 0.0, pi;
+    for (size_t i = 0; i < dim_a; i++) {
+        ta += a[i * lda + i];
+    }
+    for (size_t i = 0; i < dim_g; i++) {
+        tg += g[i * ldg + i];
+    }
+    /* M&G 2015 section 6.3; tf-kfac and kfac-jax fall back to pi = 1 for degenerate traces. */
+    if (!(ta > 0.0) || !(tg > 0.0) || !isfinite(ta) || !isfinite(tg)) {
+        return 1.0f;
+    }
+    pi = sqrt((ta / (double)dim_a) / (tg / (double)dim_g));
+    if (!isfinite(pi) || pi <= 0.0 || pi > 3.0e38 || (float)pi == 0.0f) {
+        return 1.0f;
+    }
+    return (float)pi;
+}
+
+kf_status kf_pi(kf_context *ctx, size_t dim_a, const float *a, size_t lda,
+                size_t dim_g, const float *g, size_t ldg, float *pi)
+{
+    static const char fn[] = "kf_pi";
+    kf_status s;
+    if (!ctx) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if ((s = kf__check_mat(&ctx->err, a, dim_a, dim_a, lda, "a")) != KF_OK ||
+        (s = kf__check_mat(&ctx->err, g, dim_g, dim_g, ldg, "g")) != KF_OK ||
+        (s = kf__check_ptr(&ctx->err, pi, "pi")) != KF_OK) {
+        return kf__prefix(&ctx->err, s, fn);
+    }
+    *pi = kf__pi(dim_a, a, lda, dim_g, g, ldg);
+    kf__clear(&ctx->err);
+    return KF_OK;
+}
+
+size_t kf__inverse_scratch(size_t n)
+{
+    return KF_ALIGN_UP(n * n * sizeof(double));
+}
+
+/* Mean of the diagonal of F, or 1 when it is not positive: the unit the jitter is measured in. */
+static double diag_unit(size_t n, const float *f, size_t ldf)
+{
+    double t = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        t += f[i * ldf + i];
+    }
+    t /= (double)n;
+    return (t > 0.0 && isfinite(t)) ? t : 1.0;
+}
+
+static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < n; j++) {
+            w[i * n + j] = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
+        }
+        w[i * n + i] += shift;
+    }
+    return kf__spd_inverse_f(n, w, n) == 0 && kf__all_finite(n, n, w, n);
+}
+
+static int try_double(size_t n, const float *f, size_t ldf, double shift, double *w)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < n; j++) {
+            w[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
+        }
+        w[i * n + i] += shift;
+    }
+    if (kf__spd_inverse_d(n, w, n) != 0 || !kf__all_finite_d(n, n, w, n)) {
+        return 0;
+    }
+    /* The float result must be finite too (a near-singular inverse can exceed FLT_MAX). */
+    for (size_t i = 0; i < n * n; i++) {
+        if (!(fabs(w[i]) <= 3.0e38)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
+                                kf_precision precision, float *inv, size_t ldinv,
+                                float *jitter_used, void *scratch)
+{
+    double unit, jitter = 0.0;
+    double *wd = (double *)scratch;
+    if (!kf__all_finite(n, n, f, ldf)) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
+    }
+    if (precision == KF_PRECISION_FLOAT) {
+        float *wf = (float *)scratch;
+        if (try_float(n, f, ldf, damping, wf)) {
+            for (size_t i = 0; i < n; i++) {
+                memcpy(inv + i * ldinv, wf + i * n, n * sizeof *inv);
+            }
+            if (jitter_used) {
+                *jitter_used = 0.0f;
+            }
+            return KF_OK;
+        }
+        /* curvlinops #101: float Cholesky of damped factors can fail; double usually succeeds. */
+    }
+    unit = diag_unit(n, f, ldf);
+    for (double rel = 0.0; rel <= KF_JITTER_LAST * 1.0001; rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
+        jitter = rel * unit;
+        if (try_double(n, f, ldf, (double)damping + jitter, wd)) {
+            for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j < n; j++) {
+                    inv[i * ldinv + j] = (float)wd[i * n + j];
+                }
+            }
+            if (jitter_used) {
+                *jitter_used = (float)jitter;
+            }
+            return KF_OK;
+        }
+    }
+    return kf__fail(e, KF_ERR_NOT_POSITIVE_DEFINITE,
+                    "factor (%zu x %zu) + damping %g is not positive definite, even with jitter "
+                    "up to %g",
+                    n, n, (double)damping, jitter);
+}
+
+kf_status kf_damped_inverse(kf_context *ctx, size_t n, const float *f, size_t ldf,
+                            float damping, kf_precision precision,
+                            float *inv, size_t ldinv, float *jitter_used)
+{
+    static const char fn[] = "kf_damped_inverse";
+    void *ws;
+    kf_status s;
+    if (!ctx) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if ((s = kf__check_mat(&ctx->err, f, n, n, ldf, "f")) != KF_OK ||
+        (s = kf__check_mat(&ctx->err, inv, n, n, ldinv, "inv")) != KF_OK) {
+        return kf__prefix(&ctx->err, s, fn);
+    }
+    if (!(damping >= 0.0f) || !isfinite(damping)) {
+        return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT,
+                        "%s: damping (%g) must be finite and >= 0", fn, (double)damping);
+    }
+    if (precision != KF_PRECISION_DOUBLE && precision != KF_PRECISION_FLOAT) {
+        return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT, "%s: precision %d is not a kf_precision",
+                        fn, (int)precision);
+    }
+    if (kf__overlap(f, n, ldf, n, inv, n, ldinv, n)) {
+        return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT, "%s: inv overlaps f", fn);
+    }
+    if (n > 46000) { /* n * n doubles would not be addressable on 32-bit sizes; far beyond use */
+        return kf__fail(&ctx->err, KF_ERR_SHAPE, "%s: n (%zu) is too large", fn, n);
+    }
+    if (!(ws = kf__ctx_work(ctx, kf__inverse_scratch(n)))) {
+        return kf__prefix(&ctx->err, KF_ERR_OUT_OF_MEMORY, fn);
+    }
+    if ((s = kf__damped_inverse_ws(&ctx->err, n, f, ldf, damping, precision, inv, ldinv,
+                                   jitter_used, ws)) != KF_OK) {
+        return kf__prefix(&ctx->err, s, fn);
+    }
+    kf__clear(&ctx->err);
+    return KF_OK;
+}
+
+size_t kf__eig_scratch(size_t n)
+{
+    return KF_ALIGN_UP(n * n * sizeof(double)) + KF_ALIGN_UP(n * sizeof(double)) +
+           KF_ALIGN_UP(kf__sym_eig_work(n) * sizeof(double)) +
+           KF_ALIGN_UP(kf__sym_eig_iwork(n) * sizeof(int));
+}
+
+kf_status kf__sym_eig_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float *w, float *q,
+                         size_t ldq, void *scratch)
+{
+    unsigned char *cur = (unsigned char *)scratch;
+    double *a = (double *)kf__carve(&cur, n * n * sizeof(double));
+    double *wd = (double *)kf__carve(&cur, n * sizeof(double));
+    double *work = (double *)kf__carve(&cur, kf__sym_eig_work(n) * sizeof(double));
+    int *iwork = (int *)kf__carve(&cur, kf__sym_eig_iwork(n) * sizeof(int));
+    if (!kf__all_finite(n, n, f, ldf)) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < n; j++) {
+            a[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
+        }
+    }
+    if (kf__sym_eig_d(n, a, n, wd, work, iwork) != 0 || !kf__all_finite_d(n, n, a, n) ||
+        !kf__all_finite_d(1, n, wd, n)) {
+        return kf__fail(e, KF_ERR_NO_CONVERGENCE,
+                        "symmetric eigendecomposition of a %zu x %zu factor did not converge", n, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        w[i] = (float)wd[i];
+        for (size_t j = 0; j < n; j++) {
+            q[i * ldq + j] = (float)a[i * n + j];
+        }
+    }
+    return KF_OK;
+}
+
+kf_status kf_sym_eig(kf_context *ctx, size_t n, const float *f, size_t ldf,
+                     float *w, float *q, size_t ldq)
+{
+    static const char fn[] = "kf_sym_eig";
+    void *ws;
+    kf_status s;
+    if (!ctx) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if ((s = kf__check_mat(&ctx->err, f, n, n, ldf, "f")) != KF_OK ||
+        (s = kf__check_mat(&ctx->err, w, 1, n, n, "w")) != KF_OK ||
+        (s = kf__check_mat(&ctx->err, q, n, n, ldq, "q")) != KF_OK) {
+        return kf__prefix(&ctx->err, s, fn);
+    }
+    if (kf__overlap(f, n, ldf, n, q, n, ldq, n) || kf__overlap(f, n, ldf, n, w, 1, n, n) ||
+        kf__overlap(q, n, ldq, n, w, 1, n, n)) {
+        return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT, "%s: f, w and q must not overlap", fn);
+    }
+    if (n > 32000) { /* LAPACK workspaces of 2 n^2 must fit an int */
+        return kf__fail(&ctx->err, KF_ERR_SHAPE, "%s: n (%zu) is too large", fn, n);
+    }
+    if (!(ws = kf__ctx_work(ctx, kf__eig_scratch(n)))) {
+        return kf__prefix(&ctx->err, KF_ERR_OUT_OF_MEMORY, fn);
+    }
+    if ((s = kf__sym_eig_ws(&ctx->err, n, f, ldf, w, q, ldq, ws)) != KF_OK) {
+        return kf__prefix(&ctx->err, s, fn);
+    }
+    kf__clear(&ctx->err);
+    return KF_OK;
+}

@@ -1,0 +1,131 @@
+/* Dense kernels of kf_mat.h through OpenBLAS's CBLAS (row-major). The public wrappers in mat.c
+ * validate the arguments, so that CBLAS never reports an error (its xerbla would print). */
+#if defined(KRONFAC_HAVE_BLAS)
+
+#include "kf_mat.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <stddef.h>
+
+/* CBLAS takes int sizes (blasint); anything larger goes through the plain loops below instead of
+ * being truncated. */
+static int kf__fits_int(size_t x)
+{
+    return x <= (size_t)INT_MAX;
+}
+
+static enum CBLAS_TRANSPOSE kf__tr(int t)
+{
+    return t ? CblasTrans : CblasNoTrans;
+}
+
+/* Reference loops for sizes CBLAS cannot express; same semantics (beta == 0: C not read,
+ * alpha == 0 or k == 0: A and B not read). */
+static void kf__gemm_loops(int ta, int tb, size_t m, size_t n, size_t k, float alpha,
+                           const float *a, size_t lda, const float *b, size_t ldb, float beta,
+                           float *c, size_t ldc)
+{
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            if (alpha != 0.0f) {
+                for (size_t p = 0; p < k; p++) {
+                    float x = ta ? a[p * lda + i] : a[i * lda + p];
+                    float y = tb ? b[j * ldb + p] : b[p * ldb + j];
+                    s += x * y;
+                }
+            }
+            float *cij = c + i * ldc + j;
+            *cij = alpha * s + (beta == 0.0f ? 0.0f : beta * *cij);
+        }
+    }
+}
+
+static void kf__dgemm_loops(int ta, int tb, size_t m, size_t n, size_t k, double alpha,
+                            const double *a, size_t lda, const double *b, size_t ldb, double beta,
+                            double *c, size_t ldc)
+{
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            double s = 0.0;
+            if (alpha != 0.0) {
+                for (size_t p = 0; p < k; p++) {
+                    double x = ta ? a[p * lda + i] : a[i * lda + p];
+                    double y = tb ? b[j * ldb + p] : b[p * ldb + j];
+                    s += x * y;
+                }
+            }
+            double *cij = c + i * ldc + j;
+            *cij = alpha * s + (beta == 0.0 ? 0.0 : beta * *cij);
+        }
+    }
+}
+
+void kf__gemm(int ta, int tb, size_t m, size_t n, size_t k, float alpha, const float *a,
+              size_t lda, const float *b, size_t ldb, float beta, float *c, size_t ldc)
+{
+    if (!kf__fits_int(m) || !kf__fits_int(n) || !kf__fits_int(k) || !kf__fits_int(lda) ||
+        !kf__fits_int(ldb) || !kf__fits_int(ldc)) {
+        kf__gemm_loops(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, kf__tr(ta), kf__tr(tb), (int)m, (int)n, (int)k, alpha, a,
+                (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+void kf__dgemm(int ta, int tb, size_t m, size_t n, size_t k, double alpha, const double *a,
+               size_t lda, const double *b, size_t ldb, double beta, double *c, size_t ldc)
+{
+    if (!kf__fits_int(m) || !kf__fits_int(n) || !kf__fits_int(k) || !kf__fits_int(lda) ||
+        !kf__fits_int(ldb) || !kf__fits_int(ldc)) {
+        kf__dgemm_loops(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    cblas_dgemm(CblasRowMajor, kf__tr(ta), kf__tr(tb), (int)m, (int)n, (int)k, alpha, a,
+                (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+void kf__syrk(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta, float *c,
+              size_t ldc)
+{
+    if (!kf__fits_int(n) || !kf__fits_int(k) || !kf__fits_int(ldx) || !kf__fits_int(ldc)) {
+        /* Upper triangle only, as ssyrk would, then the mirror below. */
+        for (size_t i = 0; i < n; i++) {
+            kf__gemm_loops(1, 0, 1, n - i, k, alpha, x + i, ldx, x + i, ldx, beta,
+                           c + i * ldc + i, ldc);
+        }
+    } else {
+        /* Row-major upper with Trans: C = alpha X^T X + beta C, X is k x n; only j >= i written. */
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)n, (int)k, alpha, x, (int)ldx,
+                    beta, c, (int)ldc);
+    }
+    /* Callers get the full matrix: mirror in square tiles so the strided reads stay in cache. */
+    const size_t bs = 64;
+    for (size_t ib = 0; ib < n; ib += bs) {
+        size_t iend = n - ib < bs ? n : ib + bs;
+        for (size_t jb = 0; jb <= ib; jb += bs) {
+            for (size_t i = ib; i < iend; i++) {
+                size_t jend = jb + bs < i ? jb + bs : i;
+                for (size_t j = jb; j < jend; j++) {
+                    c[i * ldc + j] = c[j * ldc + i];
+                }
+            }
+        }
+    }
+}
+
+const char *kf__mat_backend(void)
+{
+    return "openblas";
+}
+
+const char *kf__mat_simd(void)
+{
+    return "openblas";
+}
+
+#else
+/* The portable build uses mat_portable.c; keep this translation unit non-empty for -Wpedantic. */
+typedef int kf__mat_blas_unused;
+#endif
