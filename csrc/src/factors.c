@@ -26,7 +26,7 @@ static kf_status check_batch(kf_errbuf *e, const char *fn, size_t n, size_t r, s
 }
 
 /* Writes out[n][j] = scale * sum_r x[n*R + r][j] (the shared axis collapsed), rows `width` apart. */
-static void collapse_shared(size_t n, size_t r, size_t width, const float *x, size_t ldx,
+void kf__collapse_shared(size_t n, size_t r, size_t width, const float *x, size_t ldx,
                             float scale, float *out)
 {
     for (size_t i = 0; i < n; i++) {
@@ -50,8 +50,7 @@ kf_status kf_activation_factor(kf_context *ctx, size_t n, size_t r, size_t in,
 {
     static const char fn[] = "kf_activation_factor";
     size_t rows = 0, dim, ws_bytes = 0;
-    const float *xs = x;
-    size_t ldxs = ldx, m;
+    float *work = NULL;
     kf_status s;
     if (!ctx) {
         return KF_ERR_NULL_POINTER;
@@ -77,18 +76,28 @@ kf_status kf_activation_factor(kf_context *ctx, size_t n, size_t r, size_t in,
     if (kf__overlap(a, dim, lda, dim, x, rows, ldx, in)) {
         return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT, "%s: a overlaps x", fn);
     }
-    m = rows;
     if (mode == KF_SHARED_REDUCE && r > 1) {
-        float *xbar;
         if (!kf__mul_size(n, in * sizeof(float), &ws_bytes)) {
             return kf__fail(&ctx->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
         }
-        if (!(xbar = (float *)kf__ctx_work(ctx, ws_bytes))) {
+        if (!(work = (float *)kf__ctx_work(ctx, ws_bytes))) {
             return KF_ERR_OUT_OF_MEMORY;
         }
+    }
+    kf__activation_factor_ws(n, r, in, x, ldx, bias, mode, a, lda, work);
+    kf__clear(&ctx->err);
+    return KF_OK;
+}
+
+void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, size_t ldx, int bias,
+                              kf_shared_mode mode, float *a, size_t lda, float *work)
+{
+    const float *xs = x;
+    size_t ldxs = ldx, m = n * r;
+    if (mode == KF_SHARED_REDUCE && r > 1) {
         /* Reduce averages the inputs over the shared axis before the outer product. */
-        collapse_shared(n, r, in, x, ldx, 1.0f / (float)r, xbar);
-        xs = xbar;
+        kf__collapse_shared(n, r, in, x, ldx, 1.0f / (float)r, work);
+        xs = work;
         ldxs = in;
         m = n;
     }
@@ -105,8 +114,6 @@ kf_status kf_activation_factor(kf_context *ctx, size_t n, size_t r, size_t in,
         }
         a[in * lda + in] = 1.0f;
     }
-    kf__clear(&ctx->err);
-    return KF_OK;
 }
 
 kf_status kf_gradient_factor(kf_context *ctx, size_t n, size_t r, size_t out,
@@ -115,9 +122,8 @@ kf_status kf_gradient_factor(kf_context *ctx, size_t n, size_t r, size_t out,
                              float *gf, size_t ldgf)
 {
     static const char fn[] = "kf_gradient_factor";
-    size_t rows = 0, ws_bytes = 0, m;
-    const float *gs = g;
-    size_t ldgs = ldg;
+    size_t rows = 0, ws_bytes = 0;
+    float *work = NULL;
     double alpha;
     kf_status s;
     if (!ctx) {
@@ -147,31 +153,39 @@ kf_status kf_gradient_factor(kf_context *ctx, size_t n, size_t r, size_t out,
     if (kf__overlap(gf, out, ldgf, out, g, rows, ldg, out)) {
         return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT, "%s: gf overlaps g", fn);
     }
-    m = rows;
-    if (mode == KF_SHARED_REDUCE && r > 1) {
-        float *gsum;
-        if (!kf__mul_size(n, out * sizeof(float), &ws_bytes)) {
-            return kf__fail(&ctx->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
-        }
-        if (!(gsum = (float *)kf__ctx_work(ctx, ws_bytes))) {
-            return KF_ERR_OUT_OF_MEMORY;
-        }
-        /* Reduce sums the gradients over the shared axis (their sum is the gradient of the pooled
-         * output's loss). */
-        collapse_shared(n, r, out, g, ldg, 1.0f, gsum);
-        gs = gsum;
-        ldgs = out;
-        m = n;
-    }
     alpha = (double)scale * (double)scale / ((double)n * (double)loss_terms_per_example);
     if (!(alpha > 0.0) || alpha > 3.0e38) {
         return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT,
                         "%s: scale^2 / (n * loss_terms_per_example) = %g is not representable", fn,
                         alpha);
     }
-    kf__syrk(m, out, (float)alpha, gs, ldgs, 0.0f, gf, ldgf);
+    if (mode == KF_SHARED_REDUCE && r > 1) {
+        if (!kf__mul_size(n, out * sizeof(float), &ws_bytes)) {
+            return kf__fail(&ctx->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
+        }
+        if (!(work = (float *)kf__ctx_work(ctx, ws_bytes))) {
+            return KF_ERR_OUT_OF_MEMORY;
+        }
+    }
+    kf__gradient_factor_ws(n, r, out, g, ldg, mode, (float)alpha, gf, ldgf, work);
     kf__clear(&ctx->err);
     return KF_OK;
+}
+
+void kf__gradient_factor_ws(size_t n, size_t r, size_t out, const float *g, size_t ldg,
+                            kf_shared_mode mode, float alpha, float *gf, size_t ldgf, float *work)
+{
+    const float *gs = g;
+    size_t ldgs = ldg, m = n * r;
+    if (mode == KF_SHARED_REDUCE && r > 1) {
+        /* Reduce sums the gradients over the shared axis (their sum is the gradient of the pooled
+         * output's loss). */
+        kf__collapse_shared(n, r, out, g, ldg, 1.0f, work);
+        gs = work;
+        ldgs = out;
+        m = n;
+    }
+    kf__syrk(m, out, alpha, gs, ldgs, 0.0f, gf, ldgf);
 }
 
 kf_status kf_factor_ema_update(kf_context *ctx, size_t dim, float decay,

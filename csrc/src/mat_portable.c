@@ -6,7 +6,8 @@
  *     the right edge), so that every transpose case reads unit-stride memory afterwards;
  *   - op(A) is packed MR rows x KC at a time (zero-padded at the bottom edge);
  *   - a micro-kernel accumulates an MR x NR tile of C in a local array that the compiler keeps in
- *     registers; its innermost loop runs over NR contiguous floats of the packed B strip.
+ *     registers; its innermost loop runs over the MR contiguous values of a packed A column, each
+ *     multiplied by one element of the packed B strip.
  * All buffers live on the stack with fixed sizes (about 72 KiB): no heap, no VLAs.
  * Accumulation is in the element type (float for GEMM/SYRK), as BLAS does.
  */
@@ -17,27 +18,21 @@
 #include <math.h>
 #include <stddef.h>
 
-/* Register tile MR x NR per instruction set: enough independent accumulators to hide the FMA
- * latency without spilling (16 vector registers on SSE/AVX, 32 on AVX-512 and AArch64). */
+/* Register tile MR x NR. The micro-kernel vectorizes along MR (a contiguous column of the packed
+ * A sliver, times one broadcast element of B): measured with GCC 12 and Clang 21 at SSE2, AVX2 and
+ * AVX-512, this form vectorizes well with both compilers at every level, whereas the form that
+ * vectorizes along NR collapses to scalar code with GCC at some tile sizes. MR is a multiple of
+ * the vector width; MR x NR accumulators fit the register file (16 registers on SSE/AVX, 32 on
+ * AVX-512 and AArch64). */
 #if defined(__AVX512F__)
-#define KF_S_MR 8
-#define KF_S_NR 32
-#define KF_D_MR 8
-#define KF_D_NR 16
-#elif defined(__AVX__)
-#define KF_S_MR 6
-#define KF_S_NR 16
-#define KF_D_MR 6
-#define KF_D_NR 8
-#elif defined(__aarch64__) || defined(_M_ARM64)
-#define KF_S_MR 8
-#define KF_S_NR 12
-#define KF_D_MR 8
-#define KF_D_NR 6
-#else
-#define KF_S_MR 4
+#define KF_S_MR 16
 #define KF_S_NR 8
-#define KF_D_MR 4
+#define KF_D_MR 8
+#define KF_D_NR 8
+#else
+#define KF_S_MR 8
+#define KF_S_NR 8
+#define KF_D_MR 8
 #define KF_D_NR 4
 #endif
 
@@ -149,7 +144,7 @@
     }                                                                                              \
                                                                                                    \
     /* t (MR x NR) = ap (MR x kc) * bp (kc x NR). Fixed trip counts let the compiler unroll the    \
-     * tile loops, keep acc in vector registers and vectorize over j. */                           \
+     * tile loops, keep acc in vector registers and vectorize over i. */                           \
     static void P##_kernel(size_t kc, const T *restrict ap, const T *restrict bp, T *restrict t)  \
     {                                                                                              \
         T acc[MR][NR];                                                                             \
@@ -161,10 +156,10 @@
         for (size_t p = 0; p < kc; p++) {                                                          \
             const T *restrict brow = bp + p * NR;                                                  \
             const T *restrict acol = ap + p * MR;                                                  \
-            for (size_t i = 0; i < MR; i++) {                                                      \
-                const T av = acol[i];                                                              \
-                for (size_t j = 0; j < NR; j++) {                                                  \
-                    acc[i][j] = FMAOP(av, brow[j], acc[i][j]);                                     \
+            for (size_t j = 0; j < NR; j++) {                                                      \
+                const T bv = brow[j];                                                              \
+                for (size_t i = 0; i < MR; i++) {                                                  \
+                    acc[i][j] = FMAOP(acol[i], bv, acc[i][j]);                                     \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \

@@ -1,0 +1,1257 @@
+/* The stateful optimizer: registration (all memory planned here), observations, the step. */
+#include "kf_optimizer_internal.h"
+#include "kf_mat.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- parameters ------------------------------------------------------------------------------ */
+
+const char *kf_algorithm_name(kf_algorithm algorithm)
+{
+    switch (algorithm) {
+    case KF_ALGO_SGD: return "sgd";
+    case KF_ALGO_ADAM: return "adam";
+    case KF_ALGO_FOOF: return "foof";
+    case KF_ALGO_KFAC: return "kfac";
+    case KF_ALGO_KFAC_EXACT_DAMPING: return "kfac-exact";
+    case KF_ALGO_EKFAC: return "ekfac";
+    case KF_ALGO_DEFAULT: return "default";
+    }
+    return NULL;
+}
+
+int kf__algo_precond(kf_algorithm a)
+{
+    return a == KF_ALGO_FOOF || a == KF_ALGO_KFAC || a == KF_ALGO_KFAC_EXACT_DAMPING ||
+           a == KF_ALGO_EKFAC;
+}
+
+int kf__algo_uses_g(kf_algorithm a)
+{
+    return a == KF_ALGO_KFAC || a == KF_ALGO_KFAC_EXACT_DAMPING || a == KF_ALGO_EKFAC;
+}
+
+int kf__algo_eigen(kf_algorithm a)
+{
+    return a == KF_ALGO_KFAC_EXACT_DAMPING || a == KF_ALGO_EKFAC;
+}
+
+static int valid_algo(kf_algorithm a)
+{
+    return a >= KF_ALGO_SGD && a <= KF_ALGO_EKFAC;
+}
+
+kf_status kf_optimizer_params_init(kf_optimizer_params *p, kf_algorithm algorithm)
+{
+    if (!p) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (!valid_algo(algorithm)) {
+        return KF_ERR_INVALID_ARGUMENT;
+    }
+    memset(p, 0, sizeof *p);
+    p->algorithm = algorithm;
+    p->factor_decay = 0.95f;          /* M&G 2015, kfac-jax, Benzing 2022 */
+    p->stats_interval = 1;
+    p->inverse_interval = 20;         /* M&G's T3; Benzing: T = 1..100 give the same curves */
+    p->inverse_precision = KF_PRECISION_DOUBLE;
+    p->kl_clip = 0.0f;
+    p->adam_beta1 = 0.9f;
+    p->adam_beta2 = 0.999f;
+    p->adam_epsilon = 1e-8f;
+    /* Starting points of DESIGN.md section 9 (784-1000-1000-1000-10 on Fashion-MNIST, batch 100). */
+    switch (algorithm) {
+    case KF_ALGO_SGD:
+        p->learning_rate = 0.03f;
+        p->momentum = 0.9f;
+        p->damping = 0.0f;
+        break;
+    case KF_ALGO_ADAM:
+        p->learning_rate = 1e-3f;
+        p->damping = 0.0f;
+        break;
+    case KF_ALGO_FOOF:
+        p->learning_rate = 0.3f;
+        p->damping = 0.3f;
+        break;
+    default: /* the K-FAC family */
+        p->learning_rate = 0.1f;
+        p->damping = 0.1f;
+        break;
+    }
+    return KF_OK;
+}
+
+static int finite_in(float x, float lo, float hi) /* lo <= x < hi */
+{
+    return isfinite(x) && x >= lo && x < hi;
+}
+
+kf_status kf__validate_params(kf_errbuf *e, const kf_optimizer_params *p)
+{
+    if (!valid_algo(p->algorithm)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "algorithm %d is not a kf_algorithm",
+                        (int)p->algorithm);
+    }
+    if (!(isfinite(p->learning_rate) && p->learning_rate > 0.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "learning_rate (%g) must be finite and > 0",
+                        (double)p->learning_rate);
+    }
+    if (!finite_in(p->momentum, 0.0f, 1.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "momentum (%g) must be in [0, 1)",
+                        (double)p->momentum);
+    }
+    if (!(isfinite(p->weight_decay) && p->weight_decay >= 0.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "weight_decay (%g) must be finite and >= 0",
+                        (double)p->weight_decay);
+    }
+    if (!(isfinite(p->damping) && p->damping >= 0.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "damping (%g) must be finite and >= 0",
+                        (double)p->damping);
+    }
+    if (kf__algo_uses_g(p->algorithm) && !(p->damping > 0.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "damping must be > 0 for %s",
+                        kf_algorithm_name(p->algorithm));
+    }
+    if (!finite_in(p->factor_decay, 0.0f, 1.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "factor_decay (%g) must be in [0, 1)",
+                        (double)p->factor_decay);
+    }
+    if (p->stats_interval < 1 || p->inverse_interval < 1) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT,
+                        "stats_interval (%u) and inverse_interval (%u) must be >= 1",
+                        (unsigned)p->stats_interval, (unsigned)p->inverse_interval);
+    }
+    if (p->inverse_precision != KF_PRECISION_DOUBLE && p->inverse_precision != KF_PRECISION_FLOAT) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "inverse_precision %d is not a kf_precision",
+                        (int)p->inverse_precision);
+    }
+    if (!(isfinite(p->kl_clip) && p->kl_clip >= 0.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "kl_clip (%g) must be finite and >= 0",
+                        (double)p->kl_clip);
+    }
+    if (!finite_in(p->adam_beta1, 0.0f, 1.0f) || !finite_in(p->adam_beta2, 0.0f, 1.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "adam_beta1 (%g) and adam_beta2 (%g) must be in "
+                        "[0, 1)", (double)p->adam_beta1, (double)p->adam_beta2);
+    }
+    if (!(isfinite(p->adam_epsilon) && p->adam_epsilon > 0.0f)) {
+        return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "adam_epsilon (%g) must be finite and > 0",
+                        (double)p->adam_epsilon);
+    }
+    return KF_OK;
+}
+
+/* What phase 1 decided for a layer; committed in phase 3. */
+typedef struct plan {
+    int fold_a, fold_g, refresh, s_update;
+    double wa, wg, ws;
+    float pi, damping;
+} plan;
+
+/* ---- lifecycle ------------------------------------------------------------------------------- */
+
+kf_status kf_optimizer_create(const kf_optimizer_params *p, const kf_allocator *alloc,
+                              kf_optimizer **out)
+{
+    kf_optimizer *opt;
+    kf_allocator use = {NULL, NULL, NULL};
+    kf_status s;
+    if (!p || !out) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (alloc) {
+        if (!alloc->alloc || !alloc->free) {
+            return KF_ERR_INVALID_ARGUMENT;
+        }
+        use = *alloc;
+    }
+    if ((s = kf__validate_params(NULL, p)) != KF_OK) {
+        return s;
+    }
+    opt = (kf_optimizer *)kf__alloc(&use, sizeof *opt);
+    if (!opt) {
+        return KF_ERR_OUT_OF_MEMORY;
+    }
+    memset(opt, 0, sizeof *opt);
+    opt->alloc = use;
+    opt->p = *p;
+    *out = opt;
+    return KF_OK;
+}
+
+static void free_layer(kf_optimizer *opt, kf_layer *l)
+{
+    kf__free(&opt->alloc, l->block, l->block_bytes);
+    kf__free(&opt->alloc, l->xobs, l->obs_bytes);
+    l->block = NULL;
+    l->xobs = NULL;
+}
+
+void kf_optimizer_destroy(kf_optimizer *opt)
+{
+    if (!opt) {
+        return;
+    }
+    for (size_t i = 0; i < opt->n_layers; i++) {
+        free_layer(opt, &opt->layers[i]);
+    }
+    kf__free(&opt->alloc, opt->layers, opt->cap_layers * (sizeof(kf_layer) + sizeof(plan)));
+    kf__free(&opt->alloc, opt->work, opt->work_bytes);
+    kf__free(&opt->alloc, opt->obs_work, opt->obs_work_bytes);
+    {
+        kf_allocator a = opt->alloc;
+        kf__free(&a, opt, sizeof *opt);
+    }
+}
+
+const char *kf_optimizer_last_error(const kf_optimizer *opt)
+{
+    return opt ? opt->err.msg : "kf_optimizer_last_error: opt is NULL";
+}
+
+kf_status kf_optimizer_get_params(const kf_optimizer *opt, kf_optimizer_params *p)
+{
+    if (!opt || !p) {
+        return KF_ERR_NULL_POINTER;
+    }
+    *p = opt->p;
+    return KF_OK;
+}
+
+kf_status kf_layer_params_init(kf_layer_params *p, size_t out, size_t in)
+{
+    if (!p) {
+        return KF_ERR_NULL_POINTER;
+    }
+    memset(p, 0, sizeof *p);
+    p->out = out;
+    p->in = in;
+    p->bias = 1;
+    p->shared = 1;
+    p->shared_mode = KF_SHARED_EXPAND;
+    p->loss_terms_per_example = 0;
+    p->algorithm = KF_ALGO_DEFAULT;
+    return KF_OK;
+}
+
+/* ---- registration ---------------------------------------------------------------------------- */
+
+/* The bytes of a layer's block, carved in the order used by carve_layer. */
+static size_t layer_block_bytes(const kf_layer *l, int carve, unsigned char *base)
+{
+    unsigned char *cur = base;
+    size_t out = l->p.out, da = l->dim_a, sq_a = da * da * sizeof(float);
+    size_t sq_g = out * out * sizeof(float), mat = out * da * sizeof(float);
+    size_t total = 0;
+#define KF_PIECE(ptr, type, bytes)                                   \
+    do {                                                            \
+        if (carve) {                                                \
+            (ptr) = (type *)kf__carve(&cur, (bytes));               \
+        }                                                           \
+        total += KF_ALIGN_UP(bytes);                                \
+    } while (0)
+    kf_layer *w = (kf_layer *)l; /* carving writes the pointers only when carve != 0 */
+    KF_PIECE(w->dir, float, mat);
+    KF_PIECE(w->mom, float, mat);
+    if (l->p.algorithm == KF_ALGO_ADAM) {
+        KF_PIECE(w->adam_v, float, mat);
+    }
+    if (l->precond) {
+        KF_PIECE(w->a.f, float, sq_a);
+        KF_PIECE(w->a.pending, float, sq_a);
+        KF_PIECE(w->a.inv, float, sq_a);
+        KF_PIECE(w->a.inv_next, float, sq_a);
+        if (l->eigen) {
+            KF_PIECE(w->a.eig, float, da * sizeof(float));
+            KF_PIECE(w->a.eig_next, float, da * sizeof(float));
+        }
+    }
+    if (l->uses_g) {
+        KF_PIECE(w->g.f, float, sq_g);
+        KF_PIECE(w->g.pending, float, sq_g);
+        KF_PIECE(w->g.inv, float, sq_g);
+        KF_PIECE(w->g.inv_next, float, sq_g);
+        if (l->eigen) {
+            KF_PIECE(w->g.eig, float, out * sizeof(float));
+            KF_PIECE(w->g.eig_next, float, out * sizeof(float));
+        }
+    }
+    if (l->p.algorithm == KF_ALGO_EKFAC) {
+        KF_PIECE(w->s, float, mat);
+        KF_PIECE(w->s_next, float, mat);
+    }
+#undef KF_PIECE
+    return total;
+}
+
+/* The step workspace a layer needs: V, two scratch matrices, and the factorisation scratch. */
+static size_t layer_work_bytes(const kf_layer *l)
+{
+    size_t out = l->p.out, da = l->dim_a, big = da > out ? da : out;
+    size_t mat = KF_ALIGN_UP(out * da * sizeof(float));
+    size_t fact = 0;
+    if (l->precond) {
+        fact = l->eigen ? kf__eig_scratch(big) : kf__inverse_scratch(big);
+    }
+    return 3 * mat + fact;
+}
+
+kf_status kf__optimizer_add_layer(kf_optimizer *opt, const kf_layer_params *p, size_t *index)
+{
+    kf_layer l;
+    size_t bytes, work;
+    memset(&l, 0, sizeof l);
+    l.p = *p;
+    l.dim_a = p->in + (size_t)p->bias;
+    l.precond = kf__algo_precond(p->algorithm);
+    l.uses_g = kf__algo_uses_g(p->algorithm);
+    l.eigen = kf__algo_eigen(p->algorithm);
+    l.a.dim = l.dim_a;
+    l.g.dim = p->out;
+    l.pi = 1.0f;
+    l.damping_used = opt->p.damping;
+    bytes = layer_block_bytes(&l, 0, NULL);
+    work = layer_work_bytes(&l);
+    if (opt->n_layers == opt->cap_layers) {
+        size_t cap = opt->cap_layers ? 2 * opt->cap_layers : 4;
+        /* Each layer's step plan lives after the table, so a step needs no allocation. */
+        kf_layer *nl = (kf_layer *)kf__alloc(&opt->alloc, cap * (sizeof *nl + sizeof(plan)));
+        if (!nl) {
+            return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "out of memory for the layer table");
+        }
+        if (opt->n_layers) {
+            memcpy(nl, opt->layers, opt->n_layers * sizeof *nl);
+        }
+        kf__free(&opt->alloc, opt->layers, opt->cap_layers * (sizeof *nl + sizeof(plan)));
+        opt->layers = nl;
+        opt->cap_layers = cap;
+    }
+    if (work > opt->work_bytes) {
+        void *nw = kf__alloc(&opt->alloc, work);
+        if (!nw) {
+            return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY,
+                            "out of memory for %zu bytes of step workspace", work);
+        }
+        kf__free(&opt->alloc, opt->work, opt->work_bytes);
+        opt->work = nw;
+        opt->work_bytes = work;
+    }
+    l.block = kf__alloc(&opt->alloc, bytes);
+    if (!l.block) {
+        return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY,
+                        "out of memory for %zu bytes of layer state", bytes);
+    }
+    /* Zeroed: momentum starts at 0, and checkpoints of unused buffers are deterministic. */
+    memset(l.block, 0, bytes);
+    l.block_bytes = bytes;
+    layer_block_bytes(&l, 1, (unsigned char *)l.block);
+    opt->layers[opt->n_layers] = l;
+    *index = opt->n_layers++;
+    return KF_OK;
+}
+
+kf_status kf_optimizer_add_layer(kf_optimizer *opt, const kf_layer_params *p, size_t *index)
+{
+    static const char fn[] = "kf_optimizer_add_layer";
+    kf_layer_params q;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (!p || !index) {
+        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "%s: %s is NULL", fn, !p ? "p" : "index");
+    }
+    if (opt->step > 0) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "%s: layers must be registered before the first "
+                        "step", fn);
+    }
+    q = *p;
+    if (q.out == 0 || q.in == 0 || q.shared == 0) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: out (%zu), in (%zu) and shared (%zu) must be "
+                        ">= 1", fn, q.out, q.in, q.shared);
+    }
+    if (q.out > 32000 || q.in > 32000 - 1) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: layers wider than 32000 are not supported "
+                        "(out %zu, in %zu)", fn, q.out, q.in);
+    }
+    if (q.bias != 0 && q.bias != 1) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: bias must be 0 or 1, got %d", fn,
+                        q.bias);
+    }
+    if (q.shared_mode != KF_SHARED_EXPAND && q.shared_mode != KF_SHARED_REDUCE) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: shared_mode %d is not a "
+                        "kf_shared_mode", fn, (int)q.shared_mode);
+    }
+    if (q.algorithm == KF_ALGO_DEFAULT) {
+        q.algorithm = opt->p.algorithm;
+    }
+    if (!valid_algo(q.algorithm)) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: algorithm %d is not a "
+                        "kf_algorithm", fn, (int)p->algorithm);
+    }
+    if (kf__algo_uses_g(q.algorithm) && !(opt->p.damping > 0.0f)) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: %s needs damping > 0", fn,
+                        kf_algorithm_name(q.algorithm));
+    }
+    if (q.loss_terms_per_example == 0) {
+        q.loss_terms_per_example = q.shared_mode == KF_SHARED_EXPAND ? q.shared : 1;
+    }
+    {
+        kf_status s = kf__optimizer_add_layer(opt, &q, index);
+        if (s != KF_OK) {
+            return kf__prefix(&opt->err, s, fn);
+        }
+    }
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+/* ---- observations ---------------------------------------------------------------------------- */
+
+static int stats_due(const kf_optimizer *opt)
+{
+    return opt->step % opt->p.stats_interval == 0;
+}
+
+kf_status kf_optimizer_needs_statistics(const kf_optimizer *opt, int *needed)
+{
+    if (!opt || !needed) {
+        return KF_ERR_NULL_POINTER;
+    }
+    *needed = stats_due(opt);
+    return KF_OK;
+}
+
+static kf_status grow_obs_work(kf_optimizer *opt, size_t bytes)
+{
+    void *p;
+    if (bytes <= opt->obs_work_bytes) {
+        return KF_OK;
+    }
+    if (!(p = kf__alloc(&opt->alloc, bytes))) {
+        return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "out of memory for %zu bytes of "
+                        "observation workspace", bytes);
+    }
+    kf__free(&opt->alloc, opt->obs_work, opt->obs_work_bytes);
+    opt->obs_work = p;
+    opt->obs_work_bytes = bytes;
+    return KF_OK;
+}
+
+/* EKFAC keeps the observed rows; rows each of width dim_a (x) and out (g), twice (rotations). */
+static kf_status grow_ekfac_obs(kf_optimizer *opt, kf_layer *l, size_t rows)
+{
+    size_t per_row, bytes;
+    void *p;
+    if (rows <= l->obs_cap_rows) {
+        return KF_OK;
+    }
+    per_row = 2 * (l->dim_a + l->p.out) * sizeof(float);
+    if (!kf__mul_size(rows, per_row, &bytes)) {
+        return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "observation buffer size overflows");
+    }
+    if (!(p = kf__alloc(&opt->alloc, bytes))) {
+        return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "out of memory for %zu bytes of EKFAC "
+                        "observations", bytes);
+    }
+    /* The old rows are dropped: growth happens only when a larger batch replaces them. */
+    kf__free(&opt->alloc, l->xobs, l->obs_bytes);
+    l->xobs = (float *)p;
+    l->gobs = l->xobs + 2 * rows * l->dim_a;
+    l->obs_bytes = bytes;
+    l->obs_cap_rows = rows;
+    l->xobs_rows = l->gobs_rows = 0;
+    l->xobs_n = l->gobs_n = 0;
+    return KF_OK;
+}
+
+static kf_status check_layer_index(kf_optimizer *opt, const char *fn, size_t layer)
+{
+    if (layer >= opt->n_layers) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: layer %zu does not exist (%zu "
+                        "registered)", fn, layer, opt->n_layers);
+    }
+    return KF_OK;
+}
+
+kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size_t n,
+                                           const float *x, size_t ldx)
+{
+    static const char fn[] = "kf_optimizer_observe_activations";
+    kf_layer *l;
+    size_t rows, in, r, needed = 0, coll_rows;
+    kf_status s;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if ((s = check_layer_index(opt, fn, layer)) != KF_OK) {
+        return s;
+    }
+    l = &opt->layers[layer];
+    in = l->p.in;
+    r = l->p.shared;
+    if (n == 0 || !kf__mul_size(n, r, &rows)) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n (%zu) must be >= 1 and n * R must not "
+                        "overflow", fn, n);
+    }
+    if ((s = kf__check_mat(&opt->err, x, rows, in, ldx, "x")) != KF_OK) {
+        return kf__prefix(&opt->err, s, fn);
+    }
+    if (!l->precond || !stats_due(opt)) {
+        kf__clear(&opt->err);
+        return KF_OK;
+    }
+    if (!kf__all_finite(rows, in, x, ldx)) {
+        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: x of layer %zu contains NaN or Inf", fn,
+                        layer);
+    }
+    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
+    if (coll_rows && (!kf__mul_size(coll_rows, in * sizeof(float), &needed) ||
+                      (s = grow_obs_work(opt, needed)) != KF_OK)) {
+        return kf__prefix(&opt->err, KF_ERR_OUT_OF_MEMORY, fn);
+    }
+    if (l->p.algorithm == KF_ALGO_EKFAC) {
+        size_t keep = coll_rows ? n : rows;
+        if ((s = grow_ekfac_obs(opt, l, keep)) != KF_OK) {
+            return kf__prefix(&opt->err, s, fn);
+        }
+    }
+    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, l->a.pending,
+                             l->dim_a, (float *)opt->obs_work);
+    l->a.has_pending = 1;
+    if (l->p.algorithm == KF_ALGO_EKFAC) {
+        /* The rows a~ as the factor saw them (averaged for reduce), with the homogeneous 1. */
+        size_t keep = coll_rows ? n : rows, da = l->dim_a;
+        for (size_t i = 0; i < keep; i++) {
+            float *dst = l->xobs + i * da;
+            if (coll_rows) {
+                kf__collapse_shared(1, r, in, x + i * r * ldx, ldx, 1.0f / (float)r, dst);
+            } else {
+                memcpy(dst, x + i * ldx, in * sizeof(float));
+            }
+            if (l->p.bias) {
+                dst[in] = 1.0f;
+            }
+        }
+        l->xobs_rows = keep;
+        l->xobs_n = n;
+        l->gobs_rows = 0; /* gradients must follow the activations of the same step */
+    }
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t n,
+                                         const float *g, size_t ldg, float scale)
+{
+    static const char fn[] = "kf_optimizer_observe_gradients";
+    kf_layer *l;
+    size_t rows, out, r, needed = 0, coll_rows;
+    double alpha;
+    kf_status s;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if ((s = check_layer_index(opt, fn, layer)) != KF_OK) {
+        return s;
+    }
+    l = &opt->layers[layer];
+    out = l->p.out;
+    r = l->p.shared;
+    if (n == 0 || !kf__mul_size(n, r, &rows)) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n (%zu) must be >= 1 and n * R must not "
+                        "overflow", fn, n);
+    }
+    if ((s = kf__check_mat(&opt->err, g, rows, out, ldg, "g")) != KF_OK) {
+        return kf__prefix(&opt->err, s, fn);
+    }
+    if (!isfinite(scale) || scale == 0.0f) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: scale (%g) must be finite and "
+                        "non-zero", fn, (double)scale);
+    }
+    alpha = (double)scale * (double)scale / ((double)n * (double)l->p.loss_terms_per_example);
+    if (!(alpha > 0.0) || alpha > 3.0e38) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: scale^2 / (n R') = %g is not "
+                        "representable", fn, alpha);
+    }
+    if (!l->uses_g || !stats_due(opt)) {
+        kf__clear(&opt->err);
+        return KF_OK;
+    }
+    if (!kf__all_finite(rows, out, g, ldg)) {
+        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: g of layer %zu contains NaN or Inf", fn,
+                        layer);
+    }
+    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
+    if (l->p.algorithm == KF_ALGO_EKFAC && (l->xobs_rows == 0 || l->xobs_n != n)) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "%s: EKFAC layer %zu needs the activations of "
+                        "the same %zu examples observed first", fn, layer, n);
+    }
+    if (coll_rows && (!kf__mul_size(coll_rows, out * sizeof(float), &needed) ||
+                      (s = grow_obs_work(opt, needed)) != KF_OK)) {
+        return kf__prefix(&opt->err, KF_ERR_OUT_OF_MEMORY, fn);
+    }
+    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, l->g.pending, out,
+                           (float *)opt->obs_work);
+    l->g.has_pending = 1;
+    if (l->p.algorithm == KF_ALGO_EKFAC) {
+        size_t keep = coll_rows ? n : rows;
+        for (size_t i = 0; i < keep; i++) {
+            float *dst = l->gobs + i * out;
+            if (coll_rows) {
+                kf__collapse_shared(1, r, out, g + i * r * ldg, ldg, scale, dst);
+            } else {
+                for (size_t j = 0; j < out; j++) {
+                    dst[j] = scale * g[i * ldg + j];
+                }
+            }
+        }
+        l->gobs_rows = keep;
+        l->gobs_n = n;
+    }
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+kf_status kf_optimizer_reserve_batch(kf_optimizer *opt, size_t n)
+{
+    static const char fn[] = "kf_optimizer_reserve_batch";
+    kf_status s;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (n == 0) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n must be >= 1", fn);
+    }
+    for (size_t i = 0; i < opt->n_layers; i++) {
+        kf_layer *l = &opt->layers[i];
+        size_t width = l->p.in > l->p.out ? l->p.in : l->p.out, bytes, rows;
+        if (!l->precond) {
+            continue;
+        }
+        if (!kf__mul_size(n, l->p.shared, &rows) || !kf__mul_size(n, width * sizeof(float), &bytes)) {
+            return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "%s: size overflows", fn);
+        }
+        if (l->p.shared_mode == KF_SHARED_REDUCE && l->p.shared > 1 &&
+            (s = grow_obs_work(opt, bytes)) != KF_OK) {
+            return kf__prefix(&opt->err, s, fn);
+        }
+        if (l->p.algorithm == KF_ALGO_EKFAC &&
+            (s = grow_ekfac_obs(opt, l, l->p.shared_mode == KF_SHARED_REDUCE ? n : rows)) != KF_OK) {
+            return kf__prefix(&opt->err, s, fn);
+        }
+    }
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+/* ---- the step -------------------------------------------------------------------------------- */
+
+static kf_status check_tensors(kf_optimizer *opt, size_t i, const kf_layer_tensors *t)
+{
+    const kf_layer *l = &opt->layers[i];
+    size_t out = l->p.out, in = l->p.in;
+    kf_status s;
+    char name[64];
+    snprintf(name, sizeof name, "layers[%zu].weight", i);
+    if ((s = kf__check_mat(&opt->err, t->weight, out, in, t->ld_weight, name)) != KF_OK) {
+        return s;
+    }
+    snprintf(name, sizeof name, "layers[%zu].grad_weight", i);
+    if ((s = kf__check_mat(&opt->err, t->grad_weight, out, in, t->ld_grad_weight, name)) != KF_OK) {
+        return s;
+    }
+    if (l->p.bias && (!t->bias || !t->grad_bias)) {
+        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "layers[%zu]: the layer has a bias, but "
+                        "%s is NULL", i, !t->bias ? "bias" : "grad_bias");
+    }
+    if (!l->p.bias && (t->bias || t->grad_bias)) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: the layer has no bias, "
+                        "but bias or grad_bias is given", i);
+    }
+    if (kf__overlap(t->weight, out, t->ld_weight, in, t->grad_weight, out, t->ld_grad_weight, in) ||
+        (l->p.bias && (kf__overlap(t->bias, 1, out, out, t->grad_bias, 1, out, out) ||
+                       kf__overlap(t->weight, out, t->ld_weight, in, t->bias, 1, out, out)))) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: parameters overlap "
+                        "gradients", i);
+    }
+    if (!kf__all_finite(out, in, t->weight, t->ld_weight) ||
+        (l->p.bias && !kf__all_finite(1, out, t->bias, out))) {
+        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layers[%zu]: parameters contain NaN or Inf",
+                        i);
+    }
+    if (!kf__all_finite(out, in, t->grad_weight, t->ld_grad_weight) ||
+        (l->p.bias && !kf__all_finite(1, out, t->grad_bias, out))) {
+        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layers[%zu]: gradients contain NaN or Inf",
+                        i);
+    }
+    return KF_OK;
+}
+
+/* pending <- (1 - 1/w') f + (1/w') pending with w' = decay w + 1; returns w'. */
+static double fold_pending(kf_side *sd, float decay)
+{
+    size_t n = sd->dim * sd->dim;
+    double w = (double)decay * sd->weight + 1.0;
+    if (sd->weight != 0.0) {
+        const float c = (float)(1.0 / w), keep = (float)(1.0 - 1.0 / w);
+        for (size_t i = 0; i < n; i++) {
+            sd->pending[i] = keep * sd->f[i] + c * sd->pending[i];
+        }
+    }
+    return w;
+}
+
+static void swap_f(float **a, float **b)
+{
+    float *t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* EKFAC's diagonal of this batch in the basis (q_a, q_g), normalised like G, into s_out
+ * (alpha = 1/(N R')): per example the rotated gradient Q_G^T (sum_r g a~^T) Q_A, squared. */
+static void ekfac_batch_diag(kf_layer *l, const float *q_a, const float *q_g, float *s_out,
+                             float *tmp)
+{
+    size_t rows = l->xobs_rows, da = l->dim_a, out = l->p.out, n = l->xobs_n;
+    float *xr = l->xobs + l->obs_cap_rows * da; /* rotation halves */
+    float *gr = l->gobs + l->obs_cap_rows * out;
+    float alpha = (float)(1.0 / ((double)n * (double)l->p.loss_terms_per_example));
+    kf__gemm(0, 0, rows, da, da, 1.0f, l->xobs, da, q_a, da, 0.0f, xr, da);
+    kf__gemm(0, 0, rows, out, out, 1.0f, l->gobs, out, q_g, out, 0.0f, gr, out);
+    if (rows == n) {
+        /* One row per example: the rotated gradient is rank one, its square is the product of
+         * squares, so the whole diagonal is one GEMM. */
+        for (size_t i = 0; i < rows * da; i++) {
+            xr[i] *= xr[i];
+        }
+        for (size_t i = 0; i < rows * out; i++) {
+            gr[i] *= gr[i];
+        }
+        kf__gemm(1, 0, out, da, rows, alpha, gr, out, xr, da, 0.0f, s_out, da);
+        return;
+    }
+    memset(s_out, 0, out * da * sizeof(float));
+    {
+        size_t r = rows / n;
+        for (size_t e = 0; e < n; e++) {
+            kf__gemm(1, 0, out, da, r, 1.0f, gr + e * r * out, out, xr + e * r * da, da, 0.0f,
+                     tmp, da);
+            for (size_t i = 0; i < out * da; i++) {
+                s_out[i] += alpha * tmp[i] * tmp[i];
+            }
+        }
+    }
+}
+
+/* s_next <- fold of `batch` into prior (weight w_prior) with the factor decay; returns the new
+ * weight. prior may alias s_next. */
+static double fold_s(size_t n, const float *prior, double w_prior, const float *batch, float *s_next,
+                     float decay)
+{
+    double w = (double)decay * w_prior + 1.0;
+    const float c = (float)(1.0 / w), keep = (float)(1.0 - 1.0 / w);
+    if (w_prior == 0.0) {
+        memcpy(s_next, batch, n * sizeof(float));
+        return 1.0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        s_next[i] = keep * prior[i] + c * batch[i];
+    }
+    return w;
+}
+
+/* V = [dW db] into v (out x dim_a). */
+static void assemble_grad(const kf_layer *l, const kf_layer_tensors *t, float *v)
+{
+    size_t out = l->p.out, in = l->p.in, da = l->dim_a;
+    for (size_t i = 0; i < out; i++) {
+        memcpy(v + i * da, t->grad_weight + i * t->ld_grad_weight, in * sizeof(float));
+        if (l->p.bias) {
+            v[i * da + in] = t->grad_bias[i];
+        }
+    }
+}
+
+/* Phase 1 for one layer: fold statistics into pending, refresh inverses or eigenbases into the
+ * _next buffers. Fallible; writes nothing that phase 3 does not swap in. */
+static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due, plan *pl,
+                            void *fact_scratch, float *tmp)
+{
+    kf_layer *l = &opt->layers[i];
+    const float *fa, *fg = NULL;
+    float lambda = opt->p.damping, decay = opt->p.factor_decay;
+    kf_status s;
+    memset(pl, 0, sizeof *pl);
+    pl->pi = l->pi;
+    pl->damping = l->damping_used;
+    if (!l->precond) {
+        return KF_OK;
+    }
+    pl->fold_a = stats && l->a.has_pending;
+    pl->fold_g = l->uses_g && stats && l->g.has_pending;
+    if (l->a.weight == 0.0 && !pl->fold_a) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "layer %zu (%s) has no statistics yet: observe "
+                        "its activations before its first step", i,
+                        kf_algorithm_name(l->p.algorithm));
+    }
+    if (l->uses_g && l->g.weight == 0.0 && !pl->fold_g) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "layer %zu (%s) has no gradient statistics yet: "
+                        "observe its output gradients before its first step", i,
+                        kf_algorithm_name(l->p.algorithm));
+    }
+    if (pl->fold_a) {
+        pl->wa = fold_pending(&l->a, decay);
+    }
+    if (pl->fold_g) {
+        pl->wg = fold_pending(&l->g, decay);
+    }
+    fa = pl->fold_a ? l->a.pending : l->a.f;
+    if (l->uses_g) {
+        fg = pl->fold_g ? l->g.pending : l->g.f;
+    }
+    pl->refresh = inv_due || !l->has_inverse;
+    if (pl->refresh) {
+        size_t da = l->dim_a, out = l->p.out;
+        pl->damping = lambda;
+        switch (l->p.algorithm) {
+        case KF_ALGO_FOOF:
+            s = kf__damped_inverse_ws(&opt->err, da, fa, da, lambda, opt->p.inverse_precision,
+                                      l->a.inv_next, da, NULL, fact_scratch);
+            break;
+        case KF_ALGO_KFAC: {
+            double gamma = sqrt((double)lambda);
+            pl->pi = kf__pi(da, fa, da, out, fg, out);
+            s = kf__damped_inverse_ws(&opt->err, da, fa, da, (float)(pl->pi * gamma),
+                                      opt->p.inverse_precision, l->a.inv_next, da, NULL,
+                                      fact_scratch);
+            if (s == KF_OK) {
+                s = kf__damped_inverse_ws(&opt->err, out, fg, out, (float)(gamma / pl->pi),
+                                          opt->p.inverse_precision, l->g.inv_next, out, NULL,
+                                          fact_scratch);
+            }
+            break;
+        }
+        default: /* eigenbasis algorithms */
+            s = kf__sym_eig_ws(&opt->err, da, fa, da, l->a.eig_next, l->a.inv_next, da,
+                               fact_scratch);
+            if (s == KF_OK) {
+                s = kf__sym_eig_ws(&opt->err, out, fg, out, l->g.eig_next, l->g.inv_next, out,
+                                   fact_scratch);
+            }
+            break;
+        }
+        if (s != KF_OK) {
+            char where[48];
+            snprintf(where, sizeof where, "layer %zu", i);
+            return kf__prefix(&opt->err, s, where);
+        }
+    }
+    if (l->p.algorithm == KF_ALGO_EKFAC) {
+        const float *qa = pl->refresh ? l->a.inv_next : l->a.inv;
+        const float *qg = pl->refresh ? l->g.inv_next : l->g.inv;
+        size_t nel = l->p.out * l->dim_a;
+        int have_pairs = pl->fold_g && l->xobs_rows > 0 && l->gobs_rows == l->xobs_rows;
+        const float *prior = l->s;
+        double w_prior = l->s_weight;
+        if (pl->refresh) {
+            /* A new basis: restart from K-FAC's diagonal beta alpha^T (George et al. 2018). */
+            const float *ea = l->a.eig_next, *eg = l->g.eig_next;
+            for (size_t r = 0; r < l->p.out; r++) {
+                float b = eg[r] > 0.0f ? eg[r] : 0.0f;
+                for (size_t c = 0; c < l->dim_a; c++) {
+                    l->s_next[r * l->dim_a + c] = b * (ea[c] > 0.0f ? ea[c] : 0.0f);
+                }
+            }
+            prior = l->s_next;
+            w_prior = 1.0;
+            pl->ws = 1.0;
+            pl->s_update = 1;
+        }
+        if (have_pairs) {
+            /* The batch diagonal goes to dir (free until phase 2), then is folded in. */
+            ekfac_batch_diag(l, qa, qg, l->dir, tmp);
+            pl->ws = fold_s(nel, prior, w_prior, l->dir, l->s_next, decay);
+            pl->s_update = 1;
+        }
+    }
+    return KF_OK;
+}
+
+/* Phase 2 for one layer: its direction into l->dir, using the inverses phase 1 chose.
+ * Returns <d, V> for the KL-clip. */
+static double direction(kf_optimizer *opt, kf_layer *l, const kf_layer_tensors *t, const plan *pl,
+                        float *v, float *t1)
+{
+    size_t out = l->p.out, da = l->dim_a, nel = out * da;
+    double dot = 0.0;
+    assemble_grad(l, t, v);
+    switch (l->p.algorithm) {
+    case KF_ALGO_SGD:
+        memcpy(l->dir, v, nel * sizeof(float));
+        return 0.0;
+    case KF_ALGO_ADAM: {
+        /* Computed from the moments the commit will store, without storing them yet. */
+        double b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2;
+        double t_step = (double)(opt->step + 1);
+        float c1 = (float)(1.0 / (1.0 - pow(b1, t_step)));
+        float c2 = (float)(1.0 / (1.0 - pow(b2, t_step)));
+        for (size_t k = 0; k < nel; k++) {
+            float m = (float)b1 * l->mom[k] + (float)(1.0 - b1) * v[k];
+            float s2 = (float)b2 * l->adam_v[k] + (float)(1.0 - b2) * v[k] * v[k];
+            l->dir[k] = (m * c1) / (sqrtf(s2 * c2) + opt->p.adam_epsilon);
+        }
+        return 0.0;
+    }
+    case KF_ALGO_FOOF: {
+        const float *ai = pl->refresh ? l->a.inv_next : l->a.inv;
+        kf__kronecker_apply_ws(out, da, v, da, NULL, 0, ai, da, l->dir, da, NULL);
+        break;
+    }
+    case KF_ALGO_KFAC: {
+        const float *ai = pl->refresh ? l->a.inv_next : l->a.inv;
+        const float *gi = pl->refresh ? l->g.inv_next : l->g.inv;
+        kf__kronecker_apply_ws(out, da, v, da, gi, out, ai, da, l->dir, da, t1);
+        break;
+    }
+    default: {
+        const float *qa = pl->refresh ? l->a.inv_next : l->a.inv;
+        const float *qg = pl->refresh ? l->g.inv_next : l->g.inv;
+        const float *ea = pl->refresh ? l->a.eig_next : l->a.eig;
+        const float *eg = pl->refresh ? l->g.eig_next : l->g.eig;
+        const float *s = NULL;
+        /* t1 starts the two adjacent workspace matrices that form the eigenbasis scratch. */
+        if (l->p.algorithm == KF_ALGO_EKFAC) {
+            s = pl->s_update ? l->s_next : l->s;
+        }
+        if (kf__eigenbasis_apply_ws(NULL, out, da, v, da, qg, out, s ? NULL : eg, qa, da,
+                                    s ? NULL : ea, s, da, pl->damping, l->dir, da, t1) != KF_OK) {
+            /* Only a non-finite result gets here (damping > 0 is validated): mark it so that the
+             * finiteness check below refuses the step. */
+            l->dir[0] = NAN;
+        }
+        break;
+    }
+    }
+    for (size_t k = 0; k < nel; k++) {
+        dot += (double)l->dir[k] * (double)v[k];
+    }
+    return dot;
+}
+
+kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, size_t num_layers)
+{
+    static const char fn[] = "kf_optimizer_step";
+    unsigned char *cur;
+    float *v, *t1;
+    void *fact;
+    size_t maxmat = 0;
+    int stats, inv_due;
+    double dot_sum = 0.0;
+    float nu = 1.0f, lr = opt ? opt->p.learning_rate : 0.0f;
+    kf_status s = KF_OK;
+    plan *plans;
+    size_t i;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (opt->n_layers == 0) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "%s: no layers are registered", fn);
+    }
+    if (!layers) {
+        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "%s: layers is NULL", fn);
+    }
+    if (num_layers != opt->n_layers) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: num_layers (%zu) differs from the %zu "
+                        "registered layers", fn, num_layers, opt->n_layers);
+    }
+    for (i = 0; i < num_layers; i++) {
+        if ((s = check_tensors(opt, i, &layers[i])) != KF_OK) {
+            return kf__prefix(&opt->err, s, fn);
+        }
+    }
+    for (i = 0; i < opt->n_layers; i++) {
+        size_t m = KF_ALIGN_UP(opt->layers[i].p.out * opt->layers[i].dim_a * sizeof(float));
+        maxmat = m > maxmat ? m : maxmat;
+    }
+    /* The workspace was planned at registration: V, then T1 and T2 (adjacent: the eigenbasis
+     * scratch), then the factorisation scratch. The plans sit after the layer table. */
+    cur = (unsigned char *)opt->work;
+    v = (float *)kf__carve(&cur, maxmat);
+    t1 = (float *)kf__carve(&cur, maxmat);
+    kf__carve(&cur, maxmat);
+    fact = cur;
+    plans = (plan *)(void *)(opt->layers + opt->cap_layers);
+    stats = stats_due(opt);
+    inv_due = (opt->step % opt->p.inverse_interval == 0) || opt->force_refresh;
+
+    /* Phase 1: statistics and refreshes (fallible; nothing visible changes). */
+    for (i = 0; i < opt->n_layers; i++) {
+        if ((s = plan_layer(opt, i, stats, inv_due, &plans[i], fact, t1)) != KF_OK) {
+            /* Pending buffers folded so far now hold averages, not batches: drop them. */
+            for (size_t k = 0; k <= i; k++) {
+                if (plans[k].fold_a || (k == i && opt->layers[k].a.has_pending && stats)) {
+                    opt->layers[k].a.has_pending = 0;
+                }
+                if (plans[k].fold_g || (k == i && opt->layers[k].g.has_pending && stats)) {
+                    opt->layers[k].g.has_pending = 0;
+                }
+            }
+            return kf__prefix(&opt->err, s, fn);
+        }
+    }
+    /* Phase 2: directions (infallible but for a non-finite result). */
+    for (i = 0; i < opt->n_layers; i++) {
+        kf_layer *l = &opt->layers[i];
+        double dot = direction(opt, l, &layers[i], &plans[i], v, t1);
+        if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
+            for (size_t k = 0; k < opt->n_layers; k++) {
+                opt->layers[k].a.has_pending = opt->layers[k].a.has_pending && !plans[k].fold_a;
+                opt->layers[k].g.has_pending = opt->layers[k].g.has_pending && !plans[k].fold_g;
+            }
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is not "
+                            "finite (increase the damping?)", fn, i);
+        }
+        if (l->precond) {
+            dot_sum += dot;
+        }
+    }
+    if (opt->p.kl_clip > 0.0f && dot_sum != 0.0) {
+        /* Ba et al. 2017; kfac-pytorch uses |<d, grad>| so that nu stays real. */
+        double q = (double)opt->p.kl_clip / ((double)lr * (double)lr * fabs(dot_sum));
+        nu = q < 1.0 ? (float)sqrt(q) : 1.0f;
+    }
+
+    /* Phase 3: commit. */
+    for (i = 0; i < opt->n_layers; i++) {
+        kf_layer *l = &opt->layers[i];
+        const kf_layer_tensors *t = &layers[i];
+        const plan *pl = &plans[i];
+        size_t out = l->p.out, in = l->p.in, da = l->dim_a;
+        float mu = opt->p.momentum, wd = opt->p.weight_decay;
+        float scale = l->precond ? nu : 1.0f;
+        if (l->p.algorithm == KF_ALGO_ADAM) {
+            float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2;
+            assemble_grad(l, t, v);
+            for (size_t k = 0; k < out * da; k++) {
+                l->mom[k] = b1 * l->mom[k] + (1.0f - b1) * v[k];
+                l->adam_v[k] = b2 * l->adam_v[k] + (1.0f - b2) * v[k] * v[k];
+            }
+        } else if (mu > 0.0f) {
+            for (size_t k = 0; k < out * da; k++) {
+                l->mom[k] = mu * l->mom[k] + scale * l->dir[k];
+            }
+        }
+        {
+            const float *upd = (l->p.algorithm != KF_ALGO_ADAM && mu > 0.0f) ? l->mom : l->dir;
+            float us = (l->p.algorithm != KF_ALGO_ADAM && mu > 0.0f) ? 1.0f : scale;
+            for (size_t r = 0; r < out; r++) {
+                float *w = t->weight + r * t->ld_weight;
+                const float *u = upd + r * da;
+                for (size_t c = 0; c < in; c++) {
+                    w[c] -= lr * (us * u[c] + wd * w[c]);
+                }
+                if (l->p.bias) {
+                    t->bias[r] -= lr * us * u[in];
+                }
+            }
+        }
+        if (pl->fold_a) {
+            swap_f(&l->a.f, &l->a.pending);
+            l->a.weight = pl->wa;
+            l->a.has_pending = 0;
+        }
+        if (pl->fold_g) {
+            swap_f(&l->g.f, &l->g.pending);
+            l->g.weight = pl->wg;
+            l->g.has_pending = 0;
+        }
+        if (pl->refresh) {
+            swap_f(&l->a.inv, &l->a.inv_next);
+            if (l->uses_g) {
+                swap_f(&l->g.inv, &l->g.inv_next);
+            }
+            if (l->eigen) {
+                swap_f(&l->a.eig, &l->a.eig_next);
+                swap_f(&l->g.eig, &l->g.eig_next);
+            }
+            l->has_inverse = 1;
+            l->inverse_count++;
+            l->pi = pl->pi;
+            l->damping_used = pl->damping;
+        }
+        if (pl->s_update) {
+            swap_f(&l->s, &l->s_next);
+            l->s_weight = pl->ws;
+        }
+        if (l->p.algorithm == KF_ALGO_EKFAC && pl->fold_g) {
+            l->xobs_rows = l->gobs_rows = 0;
+        }
+    }
+    opt->step++;
+    opt->force_refresh = 0;
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+/* ---- schedules and queries ------------------------------------------------------------------- */
+
+kf_status kf_optimizer_set_learning_rate(kf_optimizer *opt, float learning_rate)
+{
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (!(isfinite(learning_rate) && learning_rate > 0.0f)) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "kf_optimizer_set_learning_rate: "
+                        "learning_rate (%g) must be finite and > 0", (double)learning_rate);
+    }
+    opt->p.learning_rate = learning_rate;
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+kf_status kf_optimizer_set_damping(kf_optimizer *opt, float damping)
+{
+    int needs_positive = kf__algo_uses_g(opt ? opt->p.algorithm : KF_ALGO_SGD);
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    for (size_t i = 0; i < opt->n_layers; i++) {
+        needs_positive |= opt->layers[i].uses_g;
+    }
+    if (!(isfinite(damping) && damping >= 0.0f) || (needs_positive && !(damping > 0.0f))) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "kf_optimizer_set_damping: damping "
+                        "(%g) must be finite and %s", (double)damping,
+                        needs_positive ? "> 0 (K-FAC layers)" : ">= 0");
+    }
+    if (damping != opt->p.damping) {
+        opt->p.damping = damping;
+        opt->force_refresh = 1;
+    }
+    kf__clear(&opt->err);
+    return KF_OK;
+}
+
+kf_status kf_optimizer_layer_count(const kf_optimizer *opt, size_t *count)
+{
+    if (!opt || !count) {
+        return KF_ERR_NULL_POINTER;
+    }
+    *count = opt->n_layers;
+    return KF_OK;
+}
+
+kf_status kf_optimizer_step_count(const kf_optimizer *opt, uint64_t *steps)
+{
+    if (!opt || !steps) {
+        return KF_ERR_NULL_POINTER;
+    }
+    *steps = opt->step;
+    return KF_OK;
+}
+
+/* Shared checks of the per-layer queries (const handle: the message is still recorded). */
+static kf_status query_layer(const kf_optimizer *opt, size_t layer, const void *out,
+                             const char *fn)
+{
+    kf_optimizer *m = (kf_optimizer *)opt;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (!out) {
+        return kf__fail(&m->err, KF_ERR_NULL_POINTER, "%s: the output pointer is NULL", fn);
+    }
+    return check_layer_index(m, fn, layer);
+}
+
+kf_status kf_optimizer_inverse_count(const kf_optimizer *opt, size_t layer, uint64_t *count)
+{
+    kf_status s = query_layer(opt, layer, count, "kf_optimizer_inverse_count");
+    if (s == KF_OK) {
+        *count = opt->layers[layer].inverse_count;
+    }
+    return s;
+}
+
+kf_status kf_optimizer_layer_pi(const kf_optimizer *opt, size_t layer, float *pi)
+{
+    kf_status s = query_layer(opt, layer, pi, "kf_optimizer_layer_pi");
+    if (s == KF_OK) {
+        *pi = opt->layers[layer].pi;
+    }
+    return s;
+}
+
+kf_status kf_optimizer_layer_damping(const kf_optimizer *opt, size_t layer, float *damping)
+{
+    kf_status s = query_layer(opt, layer, damping, "kf_optimizer_layer_damping");
+    if (s == KF_OK) {
+        *damping = opt->layers[layer].has_inverse ? opt->layers[layer].damping_used
+                                                  : opt->p.damping;
+    }
+    return s;
+}
+
+kf_status kf_optimizer_layer_algorithm(const kf_optimizer *opt, size_t layer,
+                                       kf_algorithm *algorithm)
+{
+    kf_status s = query_layer(opt, layer, algorithm, "kf_optimizer_layer_algorithm");
+    if (s == KF_OK) {
+        *algorithm = opt->layers[layer].p.algorithm;
+    }
+    return s;
+}
+
+kf_status kf_optimizer_layer_factor(const kf_optimizer *opt, size_t layer, kf_factor_kind which,
+                                    float *f, size_t ldf)
+{
+    static const char fn[] = "kf_optimizer_layer_factor";
+    kf_optimizer *m = (kf_optimizer *)opt;
+    const kf_side *sd;
+    kf_status s = query_layer(opt, layer, f, fn);
+    if (s != KF_OK) {
+        return s;
+    }
+    if (which != KF_FACTOR_A && which != KF_FACTOR_G) {
+        return kf__fail(&m->err, KF_ERR_INVALID_ARGUMENT, "%s: which (%d) is not a kf_factor_kind",
+                        fn, (int)which);
+    }
+    {
+        const kf_layer *l = &opt->layers[layer];
+        if (!l->precond || (which == KF_FACTOR_G && !l->uses_g)) {
+            return kf__fail(&m->err, KF_ERR_INVALID_ARGUMENT, "%s: layer %zu (%s) has no %s factor",
+                            fn, layer, kf_algorithm_name(l->p.algorithm),
+                            which == KF_FACTOR_A ? "activation" : "gradient");
+        }
+        sd = which == KF_FACTOR_A ? &l->a : &l->g;
+    }
+    if (ldf < sd->dim) {
+        return kf__fail(&m->err, KF_ERR_SHAPE, "%s: ldf (%zu) < the factor's size (%zu)", fn, ldf,
+                        sd->dim);
+    }
+    if (sd->weight == 0.0) {
+        return kf__fail(&m->err, KF_ERR_STATE, "%s: layer %zu has no statistics yet", fn, layer);
+    }
+    for (size_t i = 0; i < sd->dim; i++) {
+        memcpy(f + i * ldf, sd->f + i * sd->dim, sd->dim * sizeof(float));
+    }
+    kf__clear(&m->err);
+    return KF_OK;
+}
+
+kf_status kf_optimizer_memory_bytes(const kf_optimizer *opt, size_t *bytes)
+{
+    size_t total;
+    if (!opt || !bytes) {
+        return KF_ERR_NULL_POINTER;
+    }
+    total = sizeof *opt + opt->cap_layers * (sizeof(kf_layer) + sizeof(plan)) + opt->work_bytes +
+            opt->obs_work_bytes;
+    for (size_t i = 0; i < opt->n_layers; i++) {
+        total += opt->layers[i].block_bytes + opt->layers[i].obs_bytes;
+    }
+    *bytes = total;
+    return KF_OK;
+}
