@@ -302,7 +302,8 @@ KF_API kf_status kf_kfac_exact_direction(kf_context *ctx, size_t out, size_t dim
  *     v <- momentum v + d,   W <- W - lr (v + weight_decay W)   (weight decay skips the bias),
  * and Adam (decoupled weight decay, as AdamW) for ADAM layers.
  * Atomicity: a step or observation that fails changes nothing: not the parameters, momentum,
- * factors, inverses or counters.
+ * factors, inverses or counters. (A step that fails while refreshing an inverse has used up the
+ * observations made for it; observe again before retrying.)
  * --------------------------------------------------------------------------------------------- */
 
 typedef enum kf_algorithm {
