@@ -25,8 +25,8 @@
  * the vector width; MR x NR accumulators fit the register file (16 registers on SSE/AVX, 32 on
  * AVX-512 and AArch64). */
 #if defined(__AVX512F__)
-#define KF_S_MR 16
-#define KF_S_NR 8
+#define KF_S_MR 8
+#define KF_S_NR 16
 #define KF_D_MR 8
 #define KF_D_NR 8
 #else
@@ -42,6 +42,10 @@
 #define KF_S_NC 64
 #define KF_D_KC 128
 #define KF_D_NC 64
+
+/* The packed B panel holds whole NR-wide strips only when NR divides NC. */
+typedef char kf__s_nc_is_a_multiple_of_nr[KF_S_NC % KF_S_NR == 0 ? 1 : -1];
+typedef char kf__d_nc_is_a_multiple_of_nr[KF_D_NC % KF_D_NR == 0 ? 1 : -1];
 
 /* Fused multiply-add only where the hardware has it (otherwise fmaf is a slow library call).
  * With -std=c99, GCC does not contract a*b+c on its own (-ffp-contract=off). */

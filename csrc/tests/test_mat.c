@@ -640,9 +640,6 @@ int main(void)
 {
     kf_context *ctx = NULL;
     kf_rng rng = {0x9e3779b97f4a7c15ULL};
-    /* Helpers of kf_test.h this program does not need (they are static, -Wunused-function). */
-    (void)kf_test_close;
-    (void)kf_test_solve;
     CHECK_STATUS(kf_context_create(NULL, &ctx), KF_OK);
     if (!ctx) {
         return kf_test_finish("test_mat");
