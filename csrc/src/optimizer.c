@@ -286,14 +286,20 @@ static size_t layer_block_bytes(const kf_layer *l, int carve, unsigned char *bas
     return total;
 }
 
-/* The step workspace a layer needs: V, two scratch matrices, and the factorisation scratch. */
-static size_t layer_work_bytes(const kf_layer *l)
+/* The step workspace: V and two scratch matrices as large as the largest layer's gradient, then
+ * the largest layer's factorisation scratch (the step carves it in that order). */
+static size_t step_work_bytes(const kf_optimizer *opt, const kf_layer *extra)
 {
-    size_t out = l->p.out, da = l->dim_a, big = da > out ? da : out;
-    size_t mat = KF_ALIGN_UP(out * da * sizeof(float));
-    size_t fact = 0;
-    if (l->precond) {
-        fact = l->eigen ? kf__eig_scratch(big) : kf__inverse_scratch(big);
+    size_t mat = 0, fact = 0;
+    for (size_t i = 0; i <= opt->n_layers; i++) {
+        const kf_layer *l = i < opt->n_layers ? &opt->layers[i] : extra;
+        size_t out = l->p.out, da = l->dim_a, big = da > out ? da : out;
+        size_t m = KF_ALIGN_UP(out * da * sizeof(float)), f = 0;
+        if (l->precond) {
+            f = l->eigen ? kf__eig_scratch(big) : kf__inverse_scratch(big);
+        }
+        mat = m > mat ? m : mat;
+        fact = f > fact ? f : fact;
     }
     return 3 * mat + fact;
 }
@@ -313,7 +319,7 @@ kf_status kf__optimizer_add_layer(kf_optimizer *opt, const kf_layer_params *p, s
     l.pi = 1.0f;
     l.damping_used = opt->p.damping;
     bytes = layer_block_bytes(&l, 0, NULL);
-    work = layer_work_bytes(&l);
+    work = step_work_bytes(opt, &l);
     if (opt->n_layers == opt->cap_layers) {
         size_t cap = opt->cap_layers ? 2 * opt->cap_layers : 4;
         /* Each layer's step plan lives after the table, so a step needs no allocation. */

@@ -903,9 +903,47 @@ static void test_errors(void)
     kf_optimizer_destroy(opt);
 }
 
+/* The step workspace must hold the largest gradient and the largest factorisation even when they
+ * belong to different layers (regression: it once held only the largest per-layer sum). */
+static void test_workspace_mixed_shapes(kf_rng *rng)
+{
+    static const kf_algorithm algos[] = {KF_ALGO_KFAC, KF_ALGO_EKFAC};
+    for (int a = 0; a < 2; a++) {
+        kf_optimizer *opt = make_opt(algos[a], 0.1f, 0.1f, NULL);
+        kf_layer_params lp;
+        size_t idx;
+        float w0[40 * 3], b0[40], g0[40 * 3], gb0[40], w1[2 * 60], b1[2], g1[2 * 60], gb1[2];
+        float x0[5 * 3], x1[5 * 60], e0[5 * 40], e1[5 * 2];
+        kf_layer_tensors t[2] = {{w0, 3, b0, g0, 3, gb0}, {w1, 60, b1, g1, 60, gb1}};
+        kf_rng_fill(rng, w0, 120);
+        kf_rng_fill(rng, b0, 40);
+        kf_rng_fill(rng, g0, 120);
+        kf_rng_fill(rng, gb0, 40);
+        kf_rng_fill(rng, w1, 120);
+        kf_rng_fill(rng, b1, 2);
+        kf_rng_fill(rng, g1, 120);
+        kf_rng_fill(rng, gb1, 2);
+        kf_rng_fill(rng, x0, 15);
+        kf_rng_fill(rng, x1, 300);
+        kf_rng_fill(rng, e0, 200);
+        kf_rng_fill(rng, e1, 10);
+        kf_layer_params_init(&lp, 40, 3);  /* large gradient, small factors */
+        CHECK_STATUS(kf_optimizer_add_layer(opt, &lp, &idx), KF_OK);
+        kf_layer_params_init(&lp, 2, 60);  /* small gradient, large factor */
+        CHECK_STATUS(kf_optimizer_add_layer(opt, &lp, &idx), KF_OK);
+        CHECK_STATUS(kf_optimizer_observe_activations(opt, 0, 5, x0, 3), KF_OK);
+        CHECK_STATUS(kf_optimizer_observe_activations(opt, 1, 5, x1, 60), KF_OK);
+        CHECK_STATUS(kf_optimizer_observe_gradients(opt, 0, 5, e0, 40, 5.0f), KF_OK);
+        CHECK_STATUS(kf_optimizer_observe_gradients(opt, 1, 5, e1, 2, 5.0f), KF_OK);
+        CHECK_STATUS(kf_optimizer_step(opt, t, 2), KF_OK);
+        kf_optimizer_destroy(opt);
+    }
+}
+
 int main(void)
 {
     kf_rng rng = {0xC0FFEEULL};
+    test_workspace_mixed_shapes(&rng);
     test_newton_step(&rng);
     test_foof_is_kfac_with_identity_g(&rng);
     test_ekfac(&rng);
