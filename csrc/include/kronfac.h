@@ -334,6 +334,10 @@ typedef struct kf_optimizer_params {
     float adam_beta1;                /* [0, 1) */
     float adam_beta2;                /* [0, 1) */
     float adam_epsilon;              /* > 0 */
+    uint32_t stats_subsample;        /* S: when 0 < S < inverse_interval, statistics are taken only
+                                        on step 0 and the S steps before each refresh (Benzing
+                                        2022, section 4.1), and stats_interval is not used.
+                                        0 = off (default) */
 } kf_optimizer_params;
 
 /* Fills p with the defaults of `algorithm` (see the table in README.md): common to all:
@@ -341,6 +345,11 @@ typedef struct kf_optimizer_params {
  * decay, Adam betas 0.9/0.999 and epsilon 1e-8. Per algorithm (learning rate, damping, momentum):
  * SGD 0.03/-/0.9; ADAM 1e-3/-/0; FOOF 0.3/0.3/0; KFAC, KFAC_EXACT_DAMPING, EKFAC 0.1/0.1/0. */
 KF_API kf_status kf_optimizer_params_init(kf_optimizer_params *p, kf_algorithm algorithm);
+
+/* Checks p as kf_optimizer_create does; on error writes a message naming the bad field into
+ * message (capacity bytes, may be NULL with capacity 0), since no handle exists yet to hold it. */
+KF_API kf_status kf_optimizer_params_validate(const kf_optimizer_params *p, char *message,
+                                              size_t capacity);
 
 typedef struct kf_optimizer kf_optimizer;
 
@@ -414,6 +423,30 @@ typedef struct kf_layer_tensors {
 KF_API kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers,
                                    size_t num_layers);
 
+/* One layer's parameters (updated in place) and its batch for kf_optimizer_step_batch: the layer's
+ * inputs x (n * R rows of width `in`, ldx apart) and the gradients of the batch-MEAN loss with
+ * respect to its outputs gs (n * R rows of width `out`), so that the weight gradient is gs^T [x 1].
+ * bias is NULL exactly when the layer has no bias. */
+typedef struct kf_layer_batch {
+    float *weight;
+    size_t ld_weight;
+    float *bias;
+    const float *x;
+    size_t ldx;
+    const float *gs;
+    size_t ldgs;
+} kf_layer_batch;
+
+/* The same step as kf_optimizer_step, for callers whose weight gradient is exactly gs^T [x 1]
+ * (no accumulation over several batches, no coupled L2 term). The gradient need not be formed:
+ * FOOF and K-FAC layers use gs^T ([x 1] P) or (gs Q)^T ([x 1] P) when that is cheaper, as it is
+ * whenever n * R is smaller than the layer's width (DESIGN.md section 8); with the KL-clip on, the
+ * gradient is formed as usual.
+ * The first call with a batch larger than any before grows the workspace once (before any change);
+ * kf_optimizer_reserve_batch plans it up front. */
+KF_API kf_status kf_optimizer_step_batch(kf_optimizer *opt, size_t n, const kf_layer_batch *layers,
+                                         size_t num_layers);
+
 /* Schedules: change the learning rate or damping between steps. A new damping refreshes the
  * inverses on the next step. */
 KF_API kf_status kf_optimizer_set_learning_rate(kf_optimizer *opt, float learning_rate);
@@ -429,6 +462,10 @@ KF_API kf_status kf_optimizer_inverse_count(const kf_optimizer *opt, size_t laye
 KF_API kf_status kf_optimizer_layer_pi(const kf_optimizer *opt, size_t layer, float *pi);
 /* The damping used by the layer's current inverses (the optimizer's damping before the first). */
 KF_API kf_status kf_optimizer_layer_damping(const kf_optimizer *opt, size_t layer, float *damping);
+/* The layer's registration, with algorithm and loss_terms_per_example resolved (useful after
+ * kf_optimizer_create_from_checkpoint). */
+KF_API kf_status kf_optimizer_layer_params(const kf_optimizer *opt, size_t layer,
+                                           kf_layer_params *p);
 /* The layer's algorithm after resolving KF_ALGO_DEFAULT. */
 KF_API kf_status kf_optimizer_layer_algorithm(const kf_optimizer *opt, size_t layer,
                                               kf_algorithm *algorithm);

@@ -127,6 +127,7 @@ static void write_params(wcur *w, const kf_optimizer_params *p)
     put_f32(w, p->adam_beta1);
     put_f32(w, p->adam_beta2);
     put_f32(w, p->adam_epsilon);
+    put_u32(w, p->stats_subsample);
 }
 
 static void read_params(rcur *r, kf_optimizer_params *p)
@@ -145,6 +146,7 @@ static void read_params(rcur *r, kf_optimizer_params *p)
     p->adam_beta1 = get_f32(r);
     p->adam_beta2 = get_f32(r);
     p->adam_epsilon = get_f32(r);
+    p->stats_subsample = get_u32(r);
 }
 
 static void write_layer_shape(wcur *w, const kf_layer_params *p)

@@ -150,6 +150,25 @@ typedef struct plan {
     float pi, damping;
 } plan;
 
+kf_status kf_optimizer_params_validate(const kf_optimizer_params *p, char *message,
+                                       size_t capacity)
+{
+    kf_errbuf e;
+    kf_status s;
+    if (!p || (!message && capacity > 0)) {
+        return KF_ERR_NULL_POINTER;
+    }
+    e.msg[0] = '\0';
+    s = kf__validate_params(&e, p);
+    if (message && capacity > 0) {
+        size_t n = strlen(e.msg);
+        n = n < capacity - 1 ? n : capacity - 1;
+        memcpy(message, e.msg, n);
+        message[n] = '\0';
+    }
+    return s;
+}
+
 /* ---- lifecycle ------------------------------------------------------------------------------- */
 
 kf_status kf_optimizer_create(const kf_optimizer_params *p, const kf_allocator *alloc,
@@ -417,7 +436,13 @@ kf_status kf_optimizer_add_layer(kf_optimizer *opt, const kf_layer_params *p, si
 
 static int stats_due(const kf_optimizer *opt)
 {
-    return opt->step % opt->p.stats_interval == 0;
+    const kf_optimizer_params *p = &opt->p;
+    if (p->stats_subsample > 0 && p->stats_subsample < p->inverse_interval) {
+        /* Benzing 2022, section 4.1: only the S steps before each refresh feed the average, and
+         * step 0, which needs statistics for the first refresh. */
+        return opt->step == 0 || opt->step % p->inverse_interval >= p->inverse_interval - p->stats_subsample;
+    }
+    return opt->step % p->stats_interval == 0;
 }
 
 kf_status kf_optimizer_needs_statistics(const kf_optimizer *opt, int *needed)
@@ -428,6 +453,8 @@ kf_status kf_optimizer_needs_statistics(const kf_optimizer *opt, int *needed)
     *needed = stats_due(opt);
     return KF_OK;
 }
+
+static size_t batch_work_bytes(const kf_optimizer *opt, size_t n);
 
 static kf_status grow_obs_work(kf_optimizer *opt, size_t bytes)
 {
@@ -630,6 +657,9 @@ kf_status kf_optimizer_reserve_batch(kf_optimizer *opt, size_t n)
     if (n == 0) {
         return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n must be >= 1", fn);
     }
+    if ((s = grow_obs_work(opt, batch_work_bytes(opt, n))) != KF_OK) {
+        return kf__prefix(&opt->err, s, fn);
+    }
     for (size_t i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
         size_t width = l->p.in > l->p.out ? l->p.in : l->p.out, bytes, rows;
@@ -654,42 +684,98 @@ kf_status kf_optimizer_reserve_batch(kf_optimizer *opt, size_t n)
 
 /* ---- the step -------------------------------------------------------------------------------- */
 
-static kf_status check_tensors(kf_optimizer *opt, size_t i, const kf_layer_tensors *t)
+/* Where a step takes a layer's gradient from: the gradient itself (kf_optimizer_step), or the
+ * layer's inputs and output gradients of the batch-mean loss (kf_optimizer_step_batch), whose
+ * product is the gradient. */
+typedef struct grad_source {
+    const kf_layer_tensors *t;
+    const kf_layer_batch *b;
+    size_t n;                   /* examples of the batch (batch form) */
+} grad_source;
+
+static float *src_weight(const grad_source *g, size_t i)
+{
+    return g->t ? g->t[i].weight : g->b[i].weight;
+}
+
+static size_t src_ld_weight(const grad_source *g, size_t i)
+{
+    return g->t ? g->t[i].ld_weight : g->b[i].ld_weight;
+}
+
+static float *src_bias(const grad_source *g, size_t i)
+{
+    return g->t ? g->t[i].bias : g->b[i].bias;
+}
+
+static kf_status check_source(kf_optimizer *opt, size_t i, const grad_source *g)
 {
     const kf_layer *l = &opt->layers[i];
-    size_t out = l->p.out, in = l->p.in;
+    size_t out = l->p.out, in = l->p.in, rows = g->n * l->p.shared;
+    float *w = src_weight(g, i), *b = src_bias(g, i);
+    size_t ldw = src_ld_weight(g, i);
     kf_status s;
     char name[64];
     snprintf(name, sizeof name, "layers[%zu].weight", i);
-    if ((s = kf__check_mat(&opt->err, t->weight, out, in, t->ld_weight, name)) != KF_OK) {
+    if ((s = kf__check_mat(&opt->err, w, out, in, ldw, name)) != KF_OK) {
         return s;
     }
-    snprintf(name, sizeof name, "layers[%zu].grad_weight", i);
-    if ((s = kf__check_mat(&opt->err, t->grad_weight, out, in, t->ld_grad_weight, name)) != KF_OK) {
-        return s;
+    if (g->t) {
+        const kf_layer_tensors *t = &g->t[i];
+        snprintf(name, sizeof name, "layers[%zu].grad_weight", i);
+        if ((s = kf__check_mat(&opt->err, t->grad_weight, out, in, t->ld_grad_weight, name)) != KF_OK) {
+            return s;
+        }
+        if (l->p.bias && (!t->bias || !t->grad_bias)) {
+            return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "layers[%zu]: the layer has a bias, "
+                            "but %s is NULL", i, !t->bias ? "bias" : "grad_bias");
+        }
+        if (!l->p.bias && (t->bias || t->grad_bias)) {
+            return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: the layer has no "
+                            "bias, but bias or grad_bias is given", i);
+        }
+        if (kf__overlap(w, out, ldw, in, t->grad_weight, out, t->ld_grad_weight, in) ||
+            (l->p.bias && (kf__overlap(b, 1, out, out, t->grad_bias, 1, out, out) ||
+                           kf__overlap(w, out, ldw, in, b, 1, out, out)))) {
+            return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: parameters overlap "
+                            "gradients", i);
+        }
+        if (!kf__all_finite(out, in, t->grad_weight, t->ld_grad_weight) ||
+            (l->p.bias && !kf__all_finite(1, out, t->grad_bias, out))) {
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layers[%zu]: gradients contain NaN or "
+                            "Inf", i);
+        }
+    } else {
+        const kf_layer_batch *lb = &g->b[i];
+        snprintf(name, sizeof name, "layers[%zu].x", i);
+        if ((s = kf__check_mat(&opt->err, lb->x, rows, in, lb->ldx, name)) != KF_OK) {
+            return s;
+        }
+        snprintf(name, sizeof name, "layers[%zu].gs", i);
+        if ((s = kf__check_mat(&opt->err, lb->gs, rows, out, lb->ldgs, name)) != KF_OK) {
+            return s;
+        }
+        if (l->p.bias != (b != NULL)) {
+            return kf__fail(&opt->err, l->p.bias ? KF_ERR_NULL_POINTER : KF_ERR_INVALID_ARGUMENT,
+                            "layers[%zu]: the layer %s a bias, but bias is %s", i,
+                            l->p.bias ? "has" : "has no", b ? "given" : "NULL");
+        }
+        if (kf__overlap(w, out, ldw, in, lb->x, rows, lb->ldx, in) ||
+            kf__overlap(w, out, ldw, in, lb->gs, rows, lb->ldgs, out) ||
+            (b && (kf__overlap(w, out, ldw, in, b, 1, out, out) ||
+                   kf__overlap(b, 1, out, out, lb->x, rows, lb->ldx, in) ||
+                   kf__overlap(b, 1, out, out, lb->gs, rows, lb->ldgs, out)))) {
+            return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: parameters overlap "
+                            "the batch", i);
+        }
+        if (!kf__all_finite(rows, in, lb->x, lb->ldx) ||
+            !kf__all_finite(rows, out, lb->gs, lb->ldgs)) {
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layers[%zu]: x or gs contains NaN or "
+                            "Inf", i);
+        }
     }
-    if (l->p.bias && (!t->bias || !t->grad_bias)) {
-        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "layers[%zu]: the layer has a bias, but "
-                        "%s is NULL", i, !t->bias ? "bias" : "grad_bias");
-    }
-    if (!l->p.bias && (t->bias || t->grad_bias)) {
-        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: the layer has no bias, "
-                        "but bias or grad_bias is given", i);
-    }
-    if (kf__overlap(t->weight, out, t->ld_weight, in, t->grad_weight, out, t->ld_grad_weight, in) ||
-        (l->p.bias && (kf__overlap(t->bias, 1, out, out, t->grad_bias, 1, out, out) ||
-                       kf__overlap(t->weight, out, t->ld_weight, in, t->bias, 1, out, out)))) {
-        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "layers[%zu]: parameters overlap "
-                        "gradients", i);
-    }
-    if (!kf__all_finite(out, in, t->weight, t->ld_weight) ||
-        (l->p.bias && !kf__all_finite(1, out, t->bias, out))) {
+    if (!kf__all_finite(out, in, w, ldw) || (l->p.bias && !kf__all_finite(1, out, b, out))) {
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layers[%zu]: parameters contain NaN or Inf",
-                        i);
-    }
-    if (!kf__all_finite(out, in, t->grad_weight, t->ld_grad_weight) ||
-        (l->p.bias && !kf__all_finite(1, out, t->grad_bias, out))) {
-        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layers[%zu]: gradients contain NaN or Inf",
                         i);
     }
     return KF_OK;
@@ -769,14 +855,33 @@ static double fold_s(size_t n, const float *prior, double w_prior, const float *
     return w;
 }
 
-/* V = [dW db] into v (out x dim_a). */
-static void assemble_grad(const kf_layer *l, const kf_layer_tensors *t, float *v)
+/* V = [dW db] into v (out x dim_a), from either form of the source. */
+static void assemble_grad(const kf_layer *l, const grad_source *g, size_t i, float *v)
 {
     size_t out = l->p.out, in = l->p.in, da = l->dim_a;
-    for (size_t i = 0; i < out; i++) {
-        memcpy(v + i * da, t->grad_weight + i * t->ld_grad_weight, in * sizeof(float));
+    if (g->t) {
+        const kf_layer_tensors *t = &g->t[i];
+        for (size_t r = 0; r < out; r++) {
+            memcpy(v + r * da, t->grad_weight + r * t->ld_grad_weight, in * sizeof(float));
+            if (l->p.bias) {
+                v[r * da + in] = t->grad_bias[r];
+            }
+        }
+    } else {
+        const kf_layer_batch *b = &g->b[i];
+        size_t rows = g->n * l->p.shared;
+        /* dW = Gs^T X and db = the column sums of Gs. */
+        kf__gemm(1, 0, out, in, rows, 1.0f, b->gs, b->ldgs, b->x, b->ldx, 0.0f, v, da);
         if (l->p.bias) {
-            v[i * da + in] = t->grad_bias[i];
+            for (size_t r = 0; r < out; r++) {
+                v[r * da + in] = 0.0f;
+            }
+            for (size_t k = 0; k < rows; k++) {
+                const float *gr = b->gs + k * b->ldgs;
+                for (size_t r = 0; r < out; r++) {
+                    v[r * da + in] += gr[r];
+                }
+            }
         }
     }
 }
@@ -886,97 +991,139 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
     return KF_OK;
 }
 
-/* Phase 2 for one layer: its direction into l->dir, using the inverses phase 1 chose.
- * Returns <d, V> for the KL-clip. */
-static double direction(kf_optimizer *opt, kf_layer *l, const kf_layer_tensors *t, const plan *pl,
-                        float *v, float *t1)
+/* Flops of the FOOF / K-FAC direction formed from the gradient, and re-associated from the
+ * batch (DESIGN.md section 8): Gs^T (X~ P) and (Gs Q)^T (X~ P) never form the gradient. */
+static int reassociate(const kf_optimizer *opt, const kf_layer *l, const grad_source *g)
 {
-    size_t out = l->p.out, da = l->dim_a, nel = out * da;
+    double rows = (double)(g->n * l->p.shared), out = (double)l->p.out, da = (double)l->dim_a;
+    double direct, re;
+    if (!g->b || opt->p.kl_clip > 0.0f ||
+        (l->p.algorithm != KF_ALGO_FOOF && l->p.algorithm != KF_ALGO_KFAC)) {
+        return 0;
+    }
+    direct = 2.0 * rows * out * da + 2.0 * out * da * da;
+    re = 2.0 * rows * da * da + 2.0 * rows * out * da;
+    if (l->p.algorithm == KF_ALGO_KFAC) {
+        direct += 2.0 * out * out * da;
+        re += 2.0 * rows * out * out;
+    }
+    return re < direct;
+}
+
+/* Phase 2 for one layer: its direction into l->dir, using the inverses phase 1 chose (for Adam,
+ * the gradient itself: Adam's moments are updated at the commit). Returns <d, V> for the KL-clip.
+ * v, t1 (two adjacent matrices) are step workspace; bw is the batch workspace. */
+static double direction(kf_optimizer *opt, kf_layer *l, const grad_source *g, size_t i,
+                        const plan *pl, float *v, float *t1, float *bw)
+{
+    size_t out = l->p.out, in = l->p.in, da = l->dim_a, nel = out * da;
+    const float *ai = pl->refresh ? l->a.inv_next : l->a.inv;
+    const float *gi = pl->refresh ? l->g.inv_next : l->g.inv;
     double dot = 0.0;
-    assemble_grad(l, t, v);
+    if (reassociate(opt, l, g)) {
+        const kf_layer_batch *b = &g->b[i];
+        size_t rows = g->n * l->p.shared;
+        float *xp = bw, *gq = bw + rows * da;
+        /* X~ P = X P[0:in, :] + 1 P[in, :]. */
+        kf__gemm(0, 0, rows, da, in, 1.0f, b->x, b->ldx, ai, da, 0.0f, xp, da);
+        if (l->p.bias) {
+            for (size_t k = 0; k < rows; k++) {
+                for (size_t c = 0; c < da; c++) {
+                    xp[k * da + c] += ai[in * da + c];
+                }
+            }
+        }
+        if (l->p.algorithm == KF_ALGO_KFAC) {
+            kf__gemm(0, 0, rows, out, out, 1.0f, b->gs, b->ldgs, gi, out, 0.0f, gq, out);
+            kf__gemm(1, 0, out, da, rows, 1.0f, gq, out, xp, da, 0.0f, l->dir, da);
+        } else {
+            kf__gemm(1, 0, out, da, rows, 1.0f, b->gs, b->ldgs, xp, da, 0.0f, l->dir, da);
+        }
+        return 0.0; /* only used with the KL-clip, which disables re-association */
+    }
+    assemble_grad(l, g, i, v);
     switch (l->p.algorithm) {
     case KF_ALGO_SGD:
+    case KF_ALGO_ADAM:
         memcpy(l->dir, v, nel * sizeof(float));
         return 0.0;
-    case KF_ALGO_ADAM: {
-        /* Computed from the moments the commit will store, without storing them yet. */
-        double b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2;
-        double t_step = (double)(opt->step + 1);
-        float c1 = (float)(1.0 / (1.0 - pow(b1, t_step)));
-        float c2 = (float)(1.0 / (1.0 - pow(b2, t_step)));
-        for (size_t k = 0; k < nel; k++) {
-            float m = (float)b1 * l->mom[k] + (float)(1.0 - b1) * v[k];
-            float s2 = (float)b2 * l->adam_v[k] + (float)(1.0 - b2) * v[k] * v[k];
-            l->dir[k] = (m * c1) / (sqrtf(s2 * c2) + opt->p.adam_epsilon);
-        }
-        return 0.0;
-    }
-    case KF_ALGO_FOOF: {
-        const float *ai = pl->refresh ? l->a.inv_next : l->a.inv;
+    case KF_ALGO_FOOF:
         kf__kronecker_apply_ws(out, da, v, da, NULL, 0, ai, da, l->dir, da, NULL);
         break;
-    }
-    case KF_ALGO_KFAC: {
-        const float *ai = pl->refresh ? l->a.inv_next : l->a.inv;
-        const float *gi = pl->refresh ? l->g.inv_next : l->g.inv;
+    case KF_ALGO_KFAC:
         kf__kronecker_apply_ws(out, da, v, da, gi, out, ai, da, l->dir, da, t1);
         break;
-    }
     default: {
-        const float *qa = pl->refresh ? l->a.inv_next : l->a.inv;
-        const float *qg = pl->refresh ? l->g.inv_next : l->g.inv;
         const float *ea = pl->refresh ? l->a.eig_next : l->a.eig;
         const float *eg = pl->refresh ? l->g.eig_next : l->g.eig;
         const float *s = NULL;
-        /* t1 starts the two adjacent workspace matrices that form the eigenbasis scratch. */
         if (l->p.algorithm == KF_ALGO_EKFAC) {
             s = pl->s_update ? l->s_next : l->s;
         }
-        if (kf__eigenbasis_apply_ws(NULL, out, da, v, da, qg, out, s ? NULL : eg, qa, da,
+        /* t1 starts the two adjacent workspace matrices that form the eigenbasis scratch; ai and
+         * gi hold the eigenvectors here. */
+        if (kf__eigenbasis_apply_ws(NULL, out, da, v, da, gi, out, s ? NULL : eg, ai, da,
                                     s ? NULL : ea, s, da, pl->damping, l->dir, da, t1) != KF_OK) {
             /* Only a non-finite result gets here (damping > 0 is validated): mark it so that the
-             * finiteness check below refuses the step. */
+             * finiteness check refuses the step. */
             l->dir[0] = NAN;
         }
         break;
     }
     }
-    for (size_t k = 0; k < nel; k++) {
-        dot += (double)l->dir[k] * (double)v[k];
+    if (opt->p.kl_clip > 0.0f) {
+        for (size_t k = 0; k < nel; k++) {
+            dot += (double)l->dir[k] * (double)v[k];
+        }
     }
     return dot;
 }
 
-kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, size_t num_layers)
+/* Bytes of batch workspace a batch step over n examples needs (re-associated directions). */
+static size_t batch_work_bytes(const kf_optimizer *opt, size_t n)
 {
-    static const char fn[] = "kf_optimizer_step";
+    size_t need = 0;
+    for (size_t i = 0; i < opt->n_layers; i++) {
+        const kf_layer *l = &opt->layers[i];
+        size_t rows = n * l->p.shared;
+        size_t b = rows * (l->dim_a + l->p.out) * sizeof(float);
+        need = b > need ? b : need;
+    }
+    return need;
+}
+
+static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_source *g,
+                             size_t num_layers)
+{
     unsigned char *cur;
-    float *v, *t1;
+    float *v, *t1, *bw = NULL;
     void *fact;
     size_t maxmat = 0;
     int stats, inv_due;
     double dot_sum = 0.0;
-    float nu = 1.0f, lr = opt ? opt->p.learning_rate : 0.0f;
+    float nu = 1.0f, lr = opt->p.learning_rate;
     kf_status s = KF_OK;
     plan *plans;
     size_t i;
-    if (!opt) {
-        return KF_ERR_NULL_POINTER;
-    }
     if (opt->n_layers == 0) {
         return kf__fail(&opt->err, KF_ERR_STATE, "%s: no layers are registered", fn);
-    }
-    if (!layers) {
-        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "%s: layers is NULL", fn);
     }
     if (num_layers != opt->n_layers) {
         return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: num_layers (%zu) differs from the %zu "
                         "registered layers", fn, num_layers, opt->n_layers);
     }
     for (i = 0; i < num_layers; i++) {
-        if ((s = check_tensors(opt, i, &layers[i])) != KF_OK) {
+        if ((s = check_source(opt, i, g)) != KF_OK) {
             return kf__prefix(&opt->err, s, fn);
         }
+    }
+    if (g->b) {
+        /* Grown only for a batch larger than any before (kf_optimizer_reserve_batch plans it);
+         * this is the step's one possible allocation, and it happens before any change. */
+        if ((s = grow_obs_work(opt, batch_work_bytes(opt, g->n))) != KF_OK) {
+            return kf__prefix(&opt->err, s, fn);
+        }
+        bw = (float *)opt->obs_work;
     }
     for (i = 0; i < opt->n_layers; i++) {
         size_t m = KF_ALIGN_UP(opt->layers[i].p.out * opt->layers[i].dim_a * sizeof(float));
@@ -998,10 +1145,10 @@ kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, s
         if ((s = plan_layer(opt, i, stats, inv_due, &plans[i], fact, t1)) != KF_OK) {
             /* Pending buffers folded so far now hold averages, not batches: drop them. */
             for (size_t k = 0; k <= i; k++) {
-                if (plans[k].fold_a || (k == i && opt->layers[k].a.has_pending && stats)) {
+                if (plans[k].fold_a || (k == i && stats)) {
                     opt->layers[k].a.has_pending = 0;
                 }
-                if (plans[k].fold_g || (k == i && opt->layers[k].g.has_pending && stats)) {
+                if (plans[k].fold_g || (k == i && stats)) {
                     opt->layers[k].g.has_pending = 0;
                 }
             }
@@ -1011,7 +1158,7 @@ kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, s
     /* Phase 2: directions (infallible but for a non-finite result). */
     for (i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
-        double dot = direction(opt, l, &layers[i], &plans[i], v, t1);
+        double dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
         if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
             for (size_t k = 0; k < opt->n_layers; k++) {
                 opt->layers[k].a.has_pending = opt->layers[k].a.has_pending && !plans[k].fold_a;
@@ -1033,35 +1180,42 @@ kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, s
     /* Phase 3: commit. */
     for (i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
-        const kf_layer_tensors *t = &layers[i];
         const plan *pl = &plans[i];
-        size_t out = l->p.out, in = l->p.in, da = l->dim_a;
+        size_t out = l->p.out, in = l->p.in, da = l->dim_a, nel = out * da;
+        float *w = src_weight(g, i), *bias = src_bias(g, i);
+        size_t ldw = src_ld_weight(g, i);
         float mu = opt->p.momentum, wd = opt->p.weight_decay;
         float scale = l->precond ? nu : 1.0f;
+        const float *upd = l->dir;
+        float us = scale;
         if (l->p.algorithm == KF_ALGO_ADAM) {
-            float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2;
-            assemble_grad(l, t, v);
-            for (size_t k = 0; k < out * da; k++) {
-                l->mom[k] = b1 * l->mom[k] + (1.0f - b1) * v[k];
-                l->adam_v[k] = b2 * l->adam_v[k] + (1.0f - b2) * v[k] * v[k];
+            /* AdamW: dir holds the gradient; the step is m^ / (sqrt(v^) + eps). */
+            float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2, eps = opt->p.adam_epsilon;
+            double t_step = (double)(opt->step + 1);
+            float c1 = (float)(1.0 / (1.0 - pow((double)b1, t_step)));
+            float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
+            for (size_t k = 0; k < nel; k++) {
+                float gk = l->dir[k];
+                l->mom[k] = b1 * l->mom[k] + (1.0f - b1) * gk;
+                l->adam_v[k] = b2 * l->adam_v[k] + (1.0f - b2) * gk * gk;
+                l->dir[k] = (l->mom[k] * c1) / (sqrtf(l->adam_v[k] * c2) + eps);
             }
+            us = 1.0f;
         } else if (mu > 0.0f) {
-            for (size_t k = 0; k < out * da; k++) {
+            for (size_t k = 0; k < nel; k++) {
                 l->mom[k] = mu * l->mom[k] + scale * l->dir[k];
             }
+            upd = l->mom;
+            us = 1.0f;
         }
-        {
-            const float *upd = (l->p.algorithm != KF_ALGO_ADAM && mu > 0.0f) ? l->mom : l->dir;
-            float us = (l->p.algorithm != KF_ALGO_ADAM && mu > 0.0f) ? 1.0f : scale;
-            for (size_t r = 0; r < out; r++) {
-                float *w = t->weight + r * t->ld_weight;
-                const float *u = upd + r * da;
-                for (size_t c = 0; c < in; c++) {
-                    w[c] -= lr * (us * u[c] + wd * w[c]);
-                }
-                if (l->p.bias) {
-                    t->bias[r] -= lr * us * u[in];
-                }
+        for (size_t r = 0; r < out; r++) {
+            float *wr = w + r * ldw;
+            const float *u = upd + r * da;
+            for (size_t c = 0; c < in; c++) {
+                wr[c] -= lr * (us * u[c] + wd * wr[c]);
+            }
+            if (l->p.bias) {
+                bias[r] -= lr * us * u[in];
             }
         }
         if (pl->fold_a) {
@@ -1100,6 +1254,41 @@ kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, s
     opt->force_refresh = 0;
     kf__clear(&opt->err);
     return KF_OK;
+}
+
+kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, size_t num_layers)
+{
+    grad_source g;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (!layers) {
+        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "kf_optimizer_step: layers is NULL");
+    }
+    g.t = layers;
+    g.b = NULL;
+    g.n = 0;
+    return step_common(opt, "kf_optimizer_step", &g, num_layers);
+}
+
+kf_status kf_optimizer_step_batch(kf_optimizer *opt, size_t n, const kf_layer_batch *layers,
+                                  size_t num_layers)
+{
+    grad_source g;
+    if (!opt) {
+        return KF_ERR_NULL_POINTER;
+    }
+    if (!layers) {
+        return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "kf_optimizer_step_batch: layers is NULL");
+    }
+    if (n == 0 || n > ((size_t)1 << 40)) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "kf_optimizer_step_batch: n (%zu) must be in "
+                        "1..2^40", n);
+    }
+    g.t = NULL;
+    g.b = layers;
+    g.n = n;
+    return step_common(opt, "kf_optimizer_step_batch", &g, num_layers);
 }
 
 /* ---- schedules and queries ------------------------------------------------------------------- */
@@ -1196,6 +1385,15 @@ kf_status kf_optimizer_layer_damping(const kf_optimizer *opt, size_t layer, floa
     if (s == KF_OK) {
         *damping = opt->layers[layer].has_inverse ? opt->layers[layer].damping_used
                                                   : opt->p.damping;
+    }
+    return s;
+}
+
+kf_status kf_optimizer_layer_params(const kf_optimizer *opt, size_t layer, kf_layer_params *p)
+{
+    kf_status s = query_layer(opt, layer, p, "kf_optimizer_layer_params");
+    if (s == KF_OK) {
+        *p = opt->layers[layer].p;
     }
     return s;
 }

@@ -846,7 +846,15 @@ static void test_errors(void)
     p.inverse_interval = 5;
     p.factor_decay = NAN;
     CHECK_STATUS(kf_optimizer_create(&p, NULL, &opt), KF_ERR_INVALID_ARGUMENT);
+    {
+        char msg[64];
+        CHECK_STATUS(kf_optimizer_params_validate(&p, msg, sizeof msg), KF_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(msg, "factor_decay") != NULL);
+        CHECK_STATUS(kf_optimizer_params_validate(&p, NULL, 0), KF_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(kf_optimizer_params_validate(&p, NULL, 4), KF_ERR_NULL_POINTER);
+    }
     p.factor_decay = 0.9f;
+    CHECK_STATUS(kf_optimizer_params_validate(&p, NULL, 0), KF_OK);
     CHECK_STATUS(kf_optimizer_create(&p, NULL, NULL), KF_ERR_NULL_POINTER);
     CHECK_STATUS(kf_optimizer_create(&p, NULL, &opt), KF_OK);
     kf_optimizer_destroy(NULL);
@@ -865,6 +873,13 @@ static void test_errors(void)
     CHECK_STATUS(kf_optimizer_add_layer(opt, &lp, &idx), KF_OK);
     CHECK_STATUS(kf_optimizer_layer_count(opt, &count), KF_OK);
     CHECK(count == 1);
+    {
+        kf_layer_params got;
+        CHECK_STATUS(kf_optimizer_layer_params(opt, 0, &got), KF_OK);
+        CHECK(got.out == 2 && got.in == 3 && got.bias == 1 && got.algorithm == KF_ALGO_FOOF &&
+              got.loss_terms_per_example == 1);
+        CHECK_STATUS(kf_optimizer_layer_params(opt, 1, &got), KF_ERR_INVALID_ARGUMENT);
+    }
     CHECK_STATUS(kf_optimizer_step(opt, &t, 1), KF_ERR_STATE); /* no statistics yet */
     CHECK(strstr(kf_optimizer_last_error(opt), "no statistics") != NULL);
     CHECK_STATUS(kf_optimizer_layer_factor(opt, 0, KF_FACTOR_A, f, 4), KF_ERR_STATE);
@@ -940,9 +955,130 @@ static void test_workspace_mixed_shapes(kf_rng *rng)
     }
 }
 
+/* kf_optimizer_step_batch takes x and gs instead of the gradient gs^T [x 1]; whether it
+ * re-associates (small batches) or not, it must give kf_optimizer_step's parameters. */
+static void test_step_batch(kf_rng *rng)
+{
+    static const kf_algorithm algos[] = {KF_ALGO_SGD, KF_ALGO_ADAM, KF_ALGO_FOOF, KF_ALGO_KFAC,
+                                         KF_ALGO_KFAC_EXACT_DAMPING, KF_ALGO_EKFAC};
+    enum { OUT = 12, IN = 9 };
+    for (size_t ai = 0; ai < 6; ai++) {
+        for (int big = 0; big <= 1; big++) {
+            for (int bias = 0; bias <= 1; bias++) {
+                size_t n = big ? 40 : 3, r = bias ? 1 : 2, rows = n * r;
+                float *x = (float *)kf_test_xmalloc(rows * IN * sizeof(float));
+                float *gs = (float *)kf_test_xmalloc(rows * OUT * sizeof(float));
+                float w1[OUT * IN], b1[OUT], w2[OUT * IN], b2[OUT], gw[OUT * IN], gb[OUT];
+                double want[OUT * IN];
+                kf_optimizer_params p;
+                kf_optimizer *o1 = NULL, *o2 = NULL;
+                kf_layer_params lp;
+                size_t idx;
+                kf_optimizer_params_init(&p, algos[ai]);
+                p.momentum = 0.5f;
+                p.inverse_interval = 2;
+                CHECK_STATUS(kf_optimizer_create(&p, NULL, &o1), KF_OK);
+                CHECK_STATUS(kf_optimizer_create(&p, NULL, &o2), KF_OK);
+                kf_layer_params_init(&lp, OUT, IN);
+                lp.bias = bias;
+                lp.shared = r;
+                CHECK_STATUS(kf_optimizer_add_layer(o1, &lp, &idx), KF_OK);
+                CHECK_STATUS(kf_optimizer_add_layer(o2, &lp, &idx), KF_OK);
+                kf_rng_fill(rng, w1, OUT * IN);
+                kf_rng_fill(rng, b1, OUT);
+                memcpy(w2, w1, sizeof w1);
+                memcpy(b2, b1, sizeof b1);
+                for (int step = 0; step < 3; step++) {
+                    kf_layer_tensors t = {w1, IN, bias ? b1 : NULL, gw, IN, bias ? gb : NULL};
+                    kf_layer_batch lb = {w2, IN, bias ? b2 : NULL, x, IN, gs, OUT};
+                    kf_rng_fill(rng, x, rows * IN);
+                    kf_rng_fill(rng, gs, rows * OUT);
+                    for (size_t o = 0; o < OUT; o++) {
+                        double sb = 0.0;
+                        for (size_t i = 0; i < IN; i++) {
+                            double sw = 0.0;
+                            for (size_t k = 0; k < rows; k++) {
+                                sw += (double)gs[k * OUT + o] * x[k * IN + i];
+                            }
+                            gw[o * IN + i] = (float)sw;
+                        }
+                        for (size_t k = 0; k < rows; k++) {
+                            sb += gs[k * OUT + o];
+                        }
+                        gb[o] = (float)sb;
+                    }
+                    CHECK_STATUS(kf_optimizer_observe_activations(o1, 0, n, x, IN), KF_OK);
+                    CHECK_STATUS(kf_optimizer_observe_activations(o2, 0, n, x, IN), KF_OK);
+                    CHECK_STATUS(kf_optimizer_observe_gradients(o1, 0, n, gs, OUT, (float)n), KF_OK);
+                    CHECK_STATUS(kf_optimizer_observe_gradients(o2, 0, n, gs, OUT, (float)n), KF_OK);
+                    CHECK_STATUS(kf_optimizer_step(o1, &t, 1), KF_OK);
+                    CHECK_STATUS(kf_optimizer_step_batch(o2, n, &lb, 1), KF_OK);
+                }
+                for (size_t i = 0; i < OUT * IN; i++) {
+                    want[i] = w1[i];
+                }
+                kf_test_close("step_batch = step", OUT, IN, w2, IN, want, IN, 2e-4, 2e-5);
+                if (bias) {
+                    for (size_t i = 0; i < OUT; i++) {
+                        want[i] = b1[i];
+                    }
+                    kf_test_close("step_batch = step (bias)", 1, OUT, b2, OUT, want, OUT, 2e-4, 2e-5);
+                }
+                {
+                    kf_layer_batch bad = {w2, IN, bias ? b2 : NULL, x, IN - 1, gs, OUT};
+                    CHECK_STATUS(kf_optimizer_step_batch(o2, n, &bad, 1), KF_ERR_SHAPE);
+                    bad.ldx = IN;
+                    bad.bias = bias ? NULL : b2;
+                    CHECK(kf_optimizer_step_batch(o2, n, &bad, 1) != KF_OK);
+                    bad.bias = bias ? b2 : NULL;
+                    x[1] = NAN;
+                    CHECK_STATUS(kf_optimizer_step_batch(o2, n, &bad, 1), KF_ERR_NON_FINITE);
+                    CHECK_STATUS(kf_optimizer_step_batch(o2, 0, &bad, 1), KF_ERR_SHAPE);
+                    CHECK_STATUS(kf_optimizer_step_batch(o2, n, NULL, 1), KF_ERR_NULL_POINTER);
+                }
+                kf_optimizer_destroy(o1);
+                kf_optimizer_destroy(o2);
+                free(x);
+                free(gs);
+            }
+        }
+    }
+}
+
+/* Statistics subsampling: with T_inv = 5 and S = 2, statistics on step 0 and on the two steps
+ * before each refresh (t mod 5 in {3, 4}). */
+static void test_stats_subsample(void)
+{
+    kf_optimizer_params p;
+    kf_optimizer *opt = NULL;
+    kf_layer_params lp;
+    size_t idx;
+    float w[4] = {0}, gw[4] = {0};
+    kf_layer_tensors t = {w, 2, NULL, gw, 2, NULL};
+    float x[4] = {1, 0, 0, 1};
+    kf_optimizer_params_init(&p, KF_ALGO_FOOF);
+    p.inverse_interval = 5;
+    p.stats_subsample = 2;
+    p.stats_interval = 3; /* not used when subsampling */
+    CHECK_STATUS(kf_optimizer_create(&p, NULL, &opt), KF_OK);
+    kf_layer_params_init(&lp, 2, 2);
+    lp.bias = 0;
+    CHECK_STATUS(kf_optimizer_add_layer(opt, &lp, &idx), KF_OK);
+    for (int step = 0; step < 12; step++) {
+        int needed = -1, want = step == 0 || step % 5 >= 3;
+        CHECK_STATUS(kf_optimizer_needs_statistics(opt, &needed), KF_OK);
+        CHECK(needed == want);
+        CHECK_STATUS(kf_optimizer_observe_activations(opt, 0, 2, x, 2), KF_OK);
+        CHECK_STATUS(kf_optimizer_step(opt, &t, 1), KF_OK);
+    }
+    kf_optimizer_destroy(opt);
+}
+
 int main(void)
 {
     kf_rng rng = {0xC0FFEEULL};
+    test_step_batch(&rng);
+    test_stats_subsample();
     test_workspace_mixed_shapes(&rng);
     test_newton_step(&rng);
     test_foof_is_kfac_with_identity_g(&rng);
