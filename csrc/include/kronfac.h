@@ -372,6 +372,13 @@ typedef struct kf_layer_params {
     size_t loss_terms_per_example;   /* R' (see kf_gradient_factor); 0 = automatic: R for
                                         expand, 1 for reduce (default) */
     kf_algorithm algorithm;          /* KF_ALGO_DEFAULT (default) or an override for this layer */
+    size_t uses;                     /* how often the weight is applied in one forward pass (weight
+                                        tying), >= 1 (default 1). With U > 1 each statistics step
+                                        takes exactly U observations of activations (and of
+                                        gradients), one per application, each of the same n; they
+                                        enter as U times as many shared positions (K-FAC-expand of
+                                        the traced computation). U > 1 needs the expand mode and
+                                        is not available for EKFAC. */
 } kf_layer_params;
 
 /* Defaults for a dense layer out x in: bias, no shared axis, the optimizer's algorithm. */
@@ -387,8 +394,9 @@ KF_API kf_status kf_optimizer_needs_statistics(const kf_optimizer *opt, int *nee
 
 /* Hands over the inputs of a layer for the next step: n examples, n * R rows of width `in`
  * (row n*R + r for example n, position r), ldx apart. Ignored (KF_OK) when the next step is not a
- * statistics step or the layer's algorithm uses no statistics (SGD, Adam). A second call before
- * the step replaces the first. The first batch larger than any before grows the workspace once
+ * statistics step or the layer's algorithm uses no statistics (SGD, Adam). For a layer with
+ * uses = 1 a second call before the step replaces the first; with uses = U > 1 the U calls of a
+ * step accumulate (see kf_layer_params.uses). The first batch larger than any before grows the workspace once
  * (kf_optimizer_reserve_batch plans it up front); the step never allocates. */
 KF_API kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size_t n,
                                                   const float *x, size_t ldx);

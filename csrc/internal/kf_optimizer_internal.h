@@ -16,7 +16,8 @@ typedef struct kf_side {
     float *eig;        /* eigenvalues (eigenbasis algorithms) */
     float *eig_next;
     double weight;     /* moving-average weight state, 0 before the first statistics */
-    int has_pending;
+    size_t has_pending; /* observations made for the next step (up to the layer's uses) */
+    size_t pending_n;   /* their batch size (all uses of a step must agree) */
 } kf_side;
 
 typedef struct kf_layer {

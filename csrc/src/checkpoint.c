@@ -158,6 +158,7 @@ static void write_layer_shape(wcur *w, const kf_layer_params *p)
     put_i32(w, (int32_t)p->shared_mode);
     put_u64(w, p->loss_terms_per_example);
     put_i32(w, (int32_t)p->algorithm);
+    put_u64(w, p->uses);
 }
 
 static void read_layer_shape(rcur *r, kf_layer_params *p)
@@ -170,6 +171,7 @@ static void read_layer_shape(rcur *r, kf_layer_params *p)
     p->shared_mode = (kf_shared_mode)get_i32(r);
     p->loss_terms_per_example = (size_t)get_u64(r);
     p->algorithm = (kf_algorithm)get_i32(r);
+    p->uses = (size_t)get_u64(r);
 }
 
 static void write_all(wcur *w, const kf_optimizer *opt)
@@ -301,7 +303,8 @@ static int same_layer(const kf_layer_params *a, const kf_layer_params *b)
 {
     return a->out == b->out && a->in == b->in && a->bias == b->bias && a->shared == b->shared &&
            a->shared_mode == b->shared_mode &&
-           a->loss_terms_per_example == b->loss_terms_per_example && a->algorithm == b->algorithm;
+           a->loss_terms_per_example == b->loss_terms_per_example && a->algorithm == b->algorithm &&
+           a->uses == b->uses;
 }
 
 /* Walks every layer of the checkpoint against opt's layers. With apply = 0 it only validates;
@@ -453,7 +456,9 @@ kf_status kf_optimizer_create_from_checkpoint(const void *buf, size_t size,
         if (r.bad || lp.out == 0 || lp.in == 0 || lp.shared == 0 || lp.out > 32000 ||
             lp.in > 31999 || (lp.bias != 0 && lp.bias != 1) ||
             (lp.shared_mode != KF_SHARED_EXPAND && lp.shared_mode != KF_SHARED_REDUCE) ||
-            lp.loss_terms_per_example == 0 || kf_algorithm_name(lp.algorithm) == NULL ||
+            lp.loss_terms_per_example == 0 || lp.uses == 0 || lp.uses > 4096 ||
+            (lp.uses > 1 && (lp.shared_mode != KF_SHARED_EXPAND || lp.algorithm == KF_ALGO_EKFAC)) ||
+            kf_algorithm_name(lp.algorithm) == NULL ||
             lp.algorithm == KF_ALGO_DEFAULT) {
             kf_optimizer_destroy(opt);
             return KF_ERR_FORMAT;

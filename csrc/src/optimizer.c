@@ -252,6 +252,7 @@ kf_status kf_layer_params_init(kf_layer_params *p, size_t out, size_t in)
     p->shared_mode = KF_SHARED_EXPAND;
     p->loss_terms_per_example = 0;
     p->algorithm = KF_ALGO_DEFAULT;
+    p->uses = 1;
     return KF_OK;
 }
 
@@ -419,6 +420,14 @@ kf_status kf_optimizer_add_layer(kf_optimizer *opt, const kf_layer_params *p, si
         return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: %s needs damping > 0", fn,
                         kf_algorithm_name(q.algorithm));
     }
+    if (q.uses == 0 || q.uses > 4096) {
+        return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: uses (%zu) must be in 1..4096", fn,
+                        q.uses);
+    }
+    if (q.uses > 1 && (q.shared_mode != KF_SHARED_EXPAND || q.algorithm == KF_ALGO_EKFAC)) {
+        return kf__fail(&opt->err, KF_ERR_UNSUPPORTED, "%s: weight tying (uses > 1) needs the "
+                        "expand mode and is not available for EKFAC", fn);
+    }
     if (q.loss_terms_per_example == 0) {
         q.loss_terms_per_example = q.shared_mode == KF_SHARED_EXPAND ? q.shared : 1;
     }
@@ -499,6 +508,47 @@ static kf_status grow_ekfac_obs(kf_optimizer *opt, kf_layer *l, size_t rows)
     return KF_OK;
 }
 
+/* Before an observation: checks the use count and batch size of a tied layer's observations and
+ * returns where the new batch factor goes (the pending buffer, or for a further use the idle
+ * inv_next buffer, to be merged by finish_observation). */
+static kf_status begin_observation(kf_optimizer *opt, const char *fn, size_t layer, kf_side *sd,
+                                   size_t n, float **target)
+{
+    const kf_layer *l = &opt->layers[layer];
+    if (l->p.uses == 1 || sd->has_pending == 0) {
+        *target = sd->pending;
+        return KF_OK;
+    }
+    if (sd->has_pending >= l->p.uses) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "%s: layer %zu has %zu uses, all observed for "
+                        "this step already", fn, layer, l->p.uses);
+    }
+    if (n != sd->pending_n) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: layer %zu: every use of a step must have the "
+                        "same n (%zu, not %zu)", fn, layer, sd->pending_n, n);
+    }
+    *target = sd->inv_next;
+    return KF_OK;
+}
+
+/* Merges a further use of a tied layer: activations average over all uses' rows (equal counts),
+ * gradient factors add up (their normalisation counts loss terms, which tying does not change). */
+static void finish_observation(const kf_layer *l, kf_side *sd, size_t n, int average)
+{
+    size_t nel = sd->dim * sd->dim, k = sd->has_pending;
+    if (l->p.uses > 1 && k > 0) {
+        float keep = (float)k / (float)(k + 1), add = 1.0f / (float)(k + 1);
+        for (size_t i = 0; i < nel; i++) {
+            sd->pending[i] = average ? keep * sd->pending[i] + add * sd->inv_next[i]
+                                     : sd->pending[i] + sd->inv_next[i];
+        }
+        sd->has_pending = k + 1;
+    } else {
+        sd->has_pending = 1;
+    }
+    sd->pending_n = n;
+}
+
 static kf_status check_layer_index(kf_optimizer *opt, const char *fn, size_t layer)
 {
     if (layer >= opt->n_layers) {
@@ -512,6 +562,7 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
                                            const float *x, size_t ldx)
 {
     static const char fn[] = "kf_optimizer_observe_activations";
+    float *target = NULL;
     kf_layer *l;
     size_t rows, in, r, needed = 0, coll_rows;
     kf_status s;
@@ -550,9 +601,12 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
             return kf__prefix(&opt->err, s, fn);
         }
     }
-    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, l->a.pending,
-                             l->dim_a, (float *)opt->obs_work);
-    l->a.has_pending = 1;
+    if ((s = begin_observation(opt, fn, layer, &l->a, n, &target)) != KF_OK) {
+        return s;
+    }
+    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, target, l->dim_a,
+                             (float *)opt->obs_work);
+    finish_observation(l, &l->a, n, 1);
     if (l->p.algorithm == KF_ALGO_EKFAC) {
         /* The rows a~ as the factor saw them (averaged for reduce), with the homogeneous 1. */
         size_t keep = coll_rows ? n : rows, da = l->dim_a;
@@ -579,6 +633,7 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
                                          const float *g, size_t ldg, float scale)
 {
     static const char fn[] = "kf_optimizer_observe_gradients";
+    float *target = NULL;
     kf_layer *l;
     size_t rows, out, r, needed = 0, coll_rows;
     double alpha;
@@ -625,9 +680,12 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
                       (s = grow_obs_work(opt, needed)) != KF_OK)) {
         return kf__prefix(&opt->err, KF_ERR_OUT_OF_MEMORY, fn);
     }
-    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, l->g.pending, out,
+    if ((s = begin_observation(opt, fn, layer, &l->g, n, &target)) != KF_OK) {
+        return s;
+    }
+    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, target, out,
                            (float *)opt->obs_work);
-    l->g.has_pending = 1;
+    finish_observation(l, &l->g, n, 0);
     if (l->p.algorithm == KF_ALGO_EKFAC) {
         size_t keep = coll_rows ? n : rows;
         for (size_t i = 0; i < keep; i++) {
@@ -901,6 +959,12 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
     if (!l->precond) {
         return KF_OK;
     }
+    if ((l->a.has_pending && l->a.has_pending < l->p.uses) ||
+        (l->uses_g && l->g.has_pending && l->g.has_pending < l->p.uses)) {
+        return kf__fail(&opt->err, KF_ERR_STATE, "layer %zu has %zu uses but only %zu activation "
+                        "and %zu gradient observations this step", i, l->p.uses,
+                        l->a.has_pending, l->g.has_pending);
+    }
     pl->fold_a = stats && l->a.has_pending;
     pl->fold_g = l->uses_g && stats && l->g.has_pending;
     if (l->a.weight == 0.0 && !pl->fold_a) {
@@ -1145,10 +1209,10 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         if ((s = plan_layer(opt, i, stats, inv_due, &plans[i], fact, t1)) != KF_OK) {
             /* Pending buffers folded so far now hold averages, not batches: drop them. */
             for (size_t k = 0; k <= i; k++) {
-                if (plans[k].fold_a || (k == i && stats)) {
+                if (plans[k].fold_a) {
                     opt->layers[k].a.has_pending = 0;
                 }
-                if (plans[k].fold_g || (k == i && stats)) {
+                if (plans[k].fold_g) {
                     opt->layers[k].g.has_pending = 0;
                 }
             }
@@ -1161,8 +1225,12 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         double dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
         if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
             for (size_t k = 0; k < opt->n_layers; k++) {
-                opt->layers[k].a.has_pending = opt->layers[k].a.has_pending && !plans[k].fold_a;
-                opt->layers[k].g.has_pending = opt->layers[k].g.has_pending && !plans[k].fold_g;
+                if (plans[k].fold_a) {
+                    opt->layers[k].a.has_pending = 0;
+                }
+                if (plans[k].fold_g) {
+                    opt->layers[k].g.has_pending = 0;
+                }
             }
             return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is not "
                             "finite (increase the damping?)", fn, i);

@@ -1074,9 +1074,92 @@ static void test_stats_subsample(void)
     kf_optimizer_destroy(opt);
 }
 
+/* Weight tying: a layer applied twice per forward pass (uses = 2), observed once per use, has the
+ * factors of the same layer with its two applications as two shared positions (expand, one loss
+ * term per example), and refuses an incomplete or excess set of observations. */
+static void test_weight_tying(kf_rng *rng)
+{
+    enum { N = 6, IN = 4, OUT = 3 };
+    float x1[N * IN], x2[N * IN], g1[N * OUT], g2[N * OUT], xs[N * 2 * IN], gs[N * 2 * OUT];
+    float w[OUT * IN], b[OUT], gw[OUT * IN], gb[OUT], w2[OUT * IN], b2[OUT];
+    float fa1[25], fa2[25], fg1[9], fg2[9];
+    double want[25];
+    kf_optimizer *tied = make_opt(KF_ALGO_KFAC, 0.1f, 0.1f, NULL);
+    kf_optimizer *flat = make_opt(KF_ALGO_KFAC, 0.1f, 0.1f, NULL);
+    kf_layer_params lp;
+    size_t idx;
+    kf_layer_tensors t1 = {w, IN, b, gw, IN, gb}, t2 = {w2, IN, b2, gw, IN, gb};
+    kf_rng_fill(rng, x1, N * IN);
+    kf_rng_fill(rng, x2, N * IN);
+    kf_rng_fill(rng, g1, N * OUT);
+    kf_rng_fill(rng, g2, N * OUT);
+    kf_rng_fill(rng, w, OUT * IN);
+    kf_rng_fill(rng, b, OUT);
+    kf_rng_fill(rng, gw, OUT * IN);
+    kf_rng_fill(rng, gb, OUT);
+    memcpy(w2, w, sizeof w);
+    memcpy(b2, b, sizeof b);
+    for (size_t n = 0; n < N; n++) {
+        memcpy(xs + (2 * n) * IN, x1 + n * IN, IN * sizeof(float));
+        memcpy(xs + (2 * n + 1) * IN, x2 + n * IN, IN * sizeof(float));
+        memcpy(gs + (2 * n) * OUT, g1 + n * OUT, OUT * sizeof(float));
+        memcpy(gs + (2 * n + 1) * OUT, g2 + n * OUT, OUT * sizeof(float));
+    }
+    kf_layer_params_init(&lp, OUT, IN);
+    lp.uses = 2;
+    CHECK_STATUS(kf_optimizer_add_layer(tied, &lp, &idx), KF_OK);
+    kf_layer_params_init(&lp, OUT, IN);
+    lp.shared = 2;
+    lp.loss_terms_per_example = 1;
+    CHECK_STATUS(kf_optimizer_add_layer(flat, &lp, &idx), KF_OK);
+    CHECK_STATUS(kf_optimizer_observe_activations(tied, 0, N, x1, IN), KF_OK);
+    CHECK_STATUS(kf_optimizer_observe_gradients(tied, 0, N, g1, OUT, 1.0f), KF_OK);
+    CHECK_STATUS(kf_optimizer_step(tied, &t1, 1), KF_ERR_STATE); /* one use of two */
+    CHECK(strstr(kf_optimizer_last_error(tied), "uses") != NULL);
+    CHECK_STATUS(kf_optimizer_observe_activations(tied, 0, N - 1, x2, IN), KF_ERR_SHAPE);
+    CHECK_STATUS(kf_optimizer_observe_activations(tied, 0, N, x2, IN), KF_OK);
+    CHECK_STATUS(kf_optimizer_observe_activations(tied, 0, N, x2, IN), KF_ERR_STATE);
+    CHECK_STATUS(kf_optimizer_observe_gradients(tied, 0, N, g2, OUT, 1.0f), KF_OK);
+    CHECK_STATUS(kf_optimizer_observe_activations(flat, 0, N, xs, IN), KF_OK);
+    CHECK_STATUS(kf_optimizer_observe_gradients(flat, 0, N, gs, OUT, 1.0f), KF_OK);
+    CHECK_STATUS(kf_optimizer_step(tied, &t1, 1), KF_OK);
+    CHECK_STATUS(kf_optimizer_step(flat, &t2, 1), KF_OK);
+    CHECK_STATUS(kf_optimizer_layer_factor(tied, 0, KF_FACTOR_A, fa1, 5), KF_OK);
+    CHECK_STATUS(kf_optimizer_layer_factor(flat, 0, KF_FACTOR_A, fa2, 5), KF_OK);
+    CHECK_STATUS(kf_optimizer_layer_factor(tied, 0, KF_FACTOR_G, fg1, 3), KF_OK);
+    CHECK_STATUS(kf_optimizer_layer_factor(flat, 0, KF_FACTOR_G, fg2, 3), KF_OK);
+    for (int i = 0; i < 25; i++) {
+        want[i] = fa2[i];
+    }
+    kf_test_close("tied A = A over both uses as positions", 5, 5, fa1, 5, want, 5, 1e-6, 1e-7);
+    for (int i = 0; i < 9; i++) {
+        want[i] = fg2[i];
+    }
+    kf_test_close("tied G = G over both uses as positions", 3, 3, fg1, 3, want, 3, 1e-6, 1e-7);
+    for (int i = 0; i < OUT * IN; i++) {
+        want[i] = w2[i];
+    }
+    kf_test_close("tied step = step over both uses", OUT, IN, w, IN, want, IN, 1e-5, 1e-6);
+    kf_optimizer_destroy(tied);
+    kf_optimizer_destroy(flat);
+    {
+        kf_optimizer *e = make_opt(KF_ALGO_EKFAC, 0.1f, 0.1f, NULL);
+        kf_layer_params_init(&lp, OUT, IN);
+        lp.uses = 2;
+        CHECK_STATUS(kf_optimizer_add_layer(e, &lp, &idx), KF_ERR_UNSUPPORTED);
+        lp.algorithm = KF_ALGO_FOOF;
+        lp.shared_mode = KF_SHARED_REDUCE;
+        CHECK_STATUS(kf_optimizer_add_layer(e, &lp, &idx), KF_ERR_UNSUPPORTED);
+        lp.uses = 0;
+        CHECK_STATUS(kf_optimizer_add_layer(e, &lp, &idx), KF_ERR_INVALID_ARGUMENT);
+        kf_optimizer_destroy(e);
+    }
+}
+
 int main(void)
 {
     kf_rng rng = {0xC0FFEEULL};
+    test_weight_tying(&rng);
     test_step_batch(&rng);
     test_stats_subsample();
     test_workspace_mixed_shapes(&rng);

@@ -60,6 +60,7 @@ class kf_layer_params(ctypes.Structure):
         ("shared_mode", c_enum),
         ("loss_terms_per_example", ctypes.c_size_t),
         ("algorithm", c_enum),
+        ("uses", ctypes.c_size_t),
     ]
 
 
