@@ -103,16 +103,22 @@ void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, siz
     }
     kf__syrk(m, in, (float)(1.0 / (double)m), xs, ldxs, 0.0f, a, lda);
     if (bias) {
-        /* The homogeneous coordinate: A[i][in] = mean of x_i, A[in][in] = 1. */
-        for (size_t j = 0; j < in; j++) {
-            double sum = 0.0;
-            for (size_t i = 0; i < m; i++) {
-                sum += xs[i * ldxs + j];
+        /* The homogeneous coordinate: A[in][j] = A[j][in] = mean of x_j, A[in][in] = 1. The sums
+         * run along rows (unit stride, vectorized), accumulated in A's last row. */
+        float *last = a + in * lda;
+        const float inv_m = (float)(1.0 / (double)m);
+        memcpy(last, xs, in * sizeof(float));
+        for (size_t i = 1; i < m; i++) {
+            const float *row = xs + i * ldxs;
+            for (size_t j = 0; j < in; j++) {
+                last[j] += row[j];
             }
-            a[j * lda + in] = (float)(sum / (double)m);
-            a[in * lda + j] = a[j * lda + in];
         }
-        a[in * lda + in] = 1.0f;
+        for (size_t j = 0; j < in; j++) {
+            last[j] *= inv_m;
+            a[j * lda + in] = last[j];
+        }
+        last[in] = 1.0f;
     }
 }
 
