@@ -28,6 +28,7 @@ typedef struct kf_layer {
     int eigen;             /* K-FAC exact or EKFAC */
     kf_side a, g;
     int has_inverse;
+    int refreshing;        /* during a step: this step refreshes the layer (into the _next buffers) */
     uint64_t inverse_count;
     float pi;              /* of the last refresh */
     float damping_used;    /* of the current inverses */
@@ -60,6 +61,18 @@ struct kf_optimizer {
     void *obs_work;        /* observation workspace (shared-axis collapse), grown at observation */
     size_t obs_work_bytes;
 };
+
+/* A step whose refreshes are shared out (the distributed step of dist.c): owns(layer) says whether
+ * this caller factorises the layer; exchange() runs after all statistics and refreshes and must
+ * fill inv_next (and eig_next) of every refreshing layer it does not own, or fail (then the step
+ * changes nothing). */
+typedef struct kf__step_hook {
+    int (*owns)(void *ctx, size_t layer);
+    kf_status (*exchange)(void *ctx, kf_optimizer *opt);
+    void *ctx;
+} kf__step_hook;
+kf_status kf__optimizer_step_hooked(kf_optimizer *opt, const kf_layer_tensors *layers,
+                                    size_t num_layers, const kf__step_hook *hook);
 
 /* Validates optimizer parameters; message into e. */
 kf_status kf__validate_params(kf_errbuf *e, const kf_optimizer_params *p);

@@ -946,8 +946,8 @@ static void assemble_grad(const kf_layer *l, const grad_source *g, size_t i, flo
 
 /* Phase 1 for one layer: fold statistics into pending, refresh inverses or eigenbases into the
  * _next buffers. Fallible; writes nothing that phase 3 does not swap in. */
-static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due, plan *pl,
-                            void *fact_scratch, float *tmp)
+static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due, int factorise,
+                            plan *pl, void *fact_scratch, float *tmp)
 {
     kf_layer *l = &opt->layers[i];
     const float *fa, *fg = NULL;
@@ -988,7 +988,14 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
         fg = pl->fold_g ? l->g.pending : l->g.f;
     }
     pl->refresh = inv_due || !l->has_inverse;
-    if (pl->refresh) {
+    l->refreshing = pl->refresh;
+    if (pl->refresh && !factorise) {
+        /* Another rank factorises; pi is cheap and computed from the same factors everywhere. */
+        pl->damping = lambda;
+        if (l->p.algorithm == KF_ALGO_KFAC) {
+            pl->pi = kf__pi(l->dim_a, fa, l->dim_a, l->p.out, fg, l->p.out);
+        }
+    } else if (pl->refresh) {
         size_t da = l->dim_a, out = l->p.out;
         pl->damping = lambda;
         switch (l->p.algorithm) {
@@ -1156,8 +1163,22 @@ static size_t batch_work_bytes(const kf_optimizer *opt, size_t n)
     return need;
 }
 
+/* After a failed step: the pending buffers of the first `count` layers that phase 1 folded hold
+ * averages now, not observations, so they are dropped (observe again before retrying). */
+static void drop_folded(kf_optimizer *opt, const plan *plans, size_t count)
+{
+    for (size_t k = 0; k < count; k++) {
+        if (plans[k].fold_a) {
+            opt->layers[k].a.has_pending = 0;
+        }
+        if (plans[k].fold_g) {
+            opt->layers[k].g.has_pending = 0;
+        }
+    }
+}
+
 static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_source *g,
-                             size_t num_layers)
+                             size_t num_layers, const kf__step_hook *hook)
 {
     unsigned char *cur;
     float *v, *t1, *bw = NULL;
@@ -1206,32 +1227,22 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
 
     /* Phase 1: statistics and refreshes (fallible; nothing visible changes). */
     for (i = 0; i < opt->n_layers; i++) {
-        if ((s = plan_layer(opt, i, stats, inv_due, &plans[i], fact, t1)) != KF_OK) {
-            /* Pending buffers folded so far now hold averages, not batches: drop them. */
-            for (size_t k = 0; k <= i; k++) {
-                if (plans[k].fold_a) {
-                    opt->layers[k].a.has_pending = 0;
-                }
-                if (plans[k].fold_g) {
-                    opt->layers[k].g.has_pending = 0;
-                }
-            }
+        int mine = !hook || !hook->owns || hook->owns(hook->ctx, i);
+        if ((s = plan_layer(opt, i, stats, inv_due, mine, &plans[i], fact, t1)) != KF_OK) {
+            drop_folded(opt, plans, i + 1);
             return kf__prefix(&opt->err, s, fn);
         }
+    }
+    if (hook && hook->exchange && (s = hook->exchange(hook->ctx, opt)) != KF_OK) {
+        drop_folded(opt, plans, opt->n_layers);
+        return kf__prefix(&opt->err, s, fn);
     }
     /* Phase 2: directions (infallible but for a non-finite result). */
     for (i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
         double dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
         if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
-            for (size_t k = 0; k < opt->n_layers; k++) {
-                if (plans[k].fold_a) {
-                    opt->layers[k].a.has_pending = 0;
-                }
-                if (plans[k].fold_g) {
-                    opt->layers[k].g.has_pending = 0;
-                }
-            }
+            drop_folded(opt, plans, opt->n_layers);
             return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is not "
                             "finite (increase the damping?)", fn, i);
         }
@@ -1336,7 +1347,17 @@ kf_status kf_optimizer_step(kf_optimizer *opt, const kf_layer_tensors *layers, s
     g.t = layers;
     g.b = NULL;
     g.n = 0;
-    return step_common(opt, "kf_optimizer_step", &g, num_layers);
+    return step_common(opt, "kf_optimizer_step", &g, num_layers, NULL);
+}
+
+kf_status kf__optimizer_step_hooked(kf_optimizer *opt, const kf_layer_tensors *layers,
+                                    size_t num_layers, const kf__step_hook *hook)
+{
+    grad_source g;
+    g.t = layers;
+    g.b = NULL;
+    g.n = 0;
+    return step_common(opt, "kf_optimizer_step", &g, num_layers, hook);
 }
 
 kf_status kf_optimizer_step_batch(kf_optimizer *opt, size_t n, const kf_layer_batch *layers,
@@ -1356,7 +1377,7 @@ kf_status kf_optimizer_step_batch(kf_optimizer *opt, size_t n, const kf_layer_ba
     g.t = NULL;
     g.b = layers;
     g.n = n;
-    return step_common(opt, "kf_optimizer_step_batch", &g, num_layers);
+    return step_common(opt, "kf_optimizer_step_batch", &g, num_layers, NULL);
 }
 
 /* ---- schedules and queries ------------------------------------------------------------------- */
