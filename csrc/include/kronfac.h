@@ -269,6 +269,102 @@ KF_API kf_status kf_kfac_exact_direction(kf_context *ctx, size_t out, size_t dim
                                          float *d, size_t ldd);
 
 /* ------------------------------------------------------------------------------------------------
+ * Convolutions (2-D, NCHW)
+ *
+ * A convolution is a dense layer shared over its R = OH * OW output locations (KFC, Grosse &
+ * Martens 2016): with the patch matrix of kf_im2col (one row per example and location, of width
+ * in = C_in * KH * KW) and the weight W (C_out x in, row-major, W[o][c*KH*KW + kh*KW + kw]), the
+ * output of example n at location r is W patch_{n,r} + b. A conv layer is therefore registered
+ * with the optimizer and the factor functions as a dense layer with out = C_out,
+ * in = C_in * KH * KW and shared = R:
+ *   activations      the patch matrix (kf_im2col, or the col output of kf_conv2d_forward);
+ *   output gradients kf_conv2d_output_rows of the (N, C_out, OH, OW) gradient;
+ *   weight gradient  kf_conv2d_backward (dw and db are the layer's grad_weight and grad_bias; with
+ *                    kf_optimizer_step_batch, x = the patch matrix and gs = the output rows).
+ * K-FAC-expand is KFC when loss_terms_per_example = 1 (one loss term per example, as in a
+ * classifier; the automatic value R is for a loss at every location). K-FAC-reduce is exact for a
+ * linear conv whose output is pooled over its locations before the loss (SPEC.md 4.3).
+ *
+ * Tensors are contiguous float arrays in NCHW order: x and dx (N, C_in, H, W), y and dy
+ * (N, C_out, OH, OW), with
+ *   OH = (H + 2 pad_h - dilation_h (KH - 1) - 1) / stride_h + 1   (integer division; OW alike).
+ * Every function validates the whole shape (every size >= 1 except the paddings, OH and OW >= 1,
+ * no size overflows); out_channels is checked even by the functions that do not use it.
+ * Values are not inspected (as in kf_gemm): NaN and Inf propagate to the outputs, and the factor
+ * functions and the optimizer reject them. Outputs are overwritten, never read.
+ * --------------------------------------------------------------------------------------------- */
+
+typedef struct kf_conv2d_shape {
+    size_t batch;        /* N */
+    size_t in_channels;  /* C_in */
+    size_t height;       /* H of the input */
+    size_t width;        /* W of the input */
+    size_t out_channels; /* C_out */
+    size_t kernel_h;     /* KH */
+    size_t kernel_w;     /* KW */
+    size_t stride_h;     /* >= 1 (default 1) */
+    size_t stride_w;
+    size_t pad_h;        /* zeros added above and below the input (default 0) */
+    size_t pad_w;        /* zeros added left and right */
+    size_t dilation_h;   /* >= 1 (default 1): kernel taps dilation_h rows apart */
+    size_t dilation_w;
+} kf_conv2d_shape;
+
+/* Fills s with the sizes given, stride 1, no padding, dilation 1. Nothing is validated here; the
+ * functions below validate the shape. */
+KF_API kf_status kf_conv2d_shape_init(kf_conv2d_shape *s, size_t batch, size_t in_channels,
+                                      size_t height, size_t width, size_t out_channels,
+                                      size_t kernel_h, size_t kernel_w);
+
+/* *out_h = OH and *out_w = OW of the shape (both written only when the shape is valid). The patch
+ * matrix has N * OH * OW rows of C_in * KH * KW columns. */
+KF_API kf_status kf_conv2d_output_size(kf_context *ctx, const kf_conv2d_shape *s,
+                                       size_t *out_h, size_t *out_w);
+
+/* The patch matrix of x: N * R rows (row n*R + oh*OW + ow) of in = C_in * KH * KW columns (column
+ * c*KH*KW + kh*KW + kw), rows ldcol >= in apart, holding x[n][c][oh*stride_h - pad_h +
+ * kh*dilation_h][ow*stride_w - pad_w + kw*dilation_w], or 0 where that falls in the padding. This
+ * is the batch layout of kf_activation_factor and kf_optimizer_observe_activations (r = R).
+ * col must not overlap x. */
+KF_API kf_status kf_im2col(kf_context *ctx, const kf_conv2d_shape *s, const float *x,
+                           float *col, size_t ldcol);
+
+/* The adjoint of kf_im2col: dx (N, C_in, H, W) = the sum, over the patch entries that read each
+ * input element, of those entries of col (overlapping patches accumulate; padding entries are
+ * dropped). <kf_im2col(x), col> = <x, kf_col2im(col)>. dx must not overlap col. */
+KF_API kf_status kf_col2im(kf_context *ctx, const kf_conv2d_shape *s, const float *col,
+                           size_t ldcol, float *dx);
+
+/* y (N, C_out, OH, OW) = the convolution of x with w (C_out x in, rows ldw >= in apart) plus the
+ * bias (length C_out, or NULL for none): y[n][o][r] = sum_j w[o][j] patch_{n,r}[j] + bias[o].
+ * col: where the patch matrix is built, N * R rows ldcol >= in apart, so that the caller keeps it
+ * for kf_optimizer_observe_activations and kf_conv2d_backward; or NULL (ldcol ignored), and then
+ * each example's patches are built in turn in the context's workspace (R * in floats, grown as
+ * needed) and not kept. y must not overlap x, w, bias or col, nor col overlap x, w or bias. */
+KF_API kf_status kf_conv2d_forward(kf_context *ctx, const kf_conv2d_shape *s, const float *x,
+                                   const float *w, size_t ldw, const float *bias,
+                                   float *col, size_t ldcol, float *y);
+
+/* Gradients of a loss L from dy = dL/dy (N, C_out, OH, OW):
+ *   dw (C_out x in, rows lddw >= in apart) = sum_{n,r} dy_{n,r} patch_{n,r}^T,
+ *   db (C_out, or NULL for none)           = sum_{n,r} dy_{n,r},
+ *   dx (N, C_in, H, W, or NULL for none)   = kf_col2im of the rows dy_{n,r}^T w.
+ * The patches come from col (the patch matrix of x, N * R rows ldcol apart, as kf_im2col or
+ * kf_conv2d_forward wrote it; x is then not read and may be NULL) or, when col is NULL, are
+ * rebuilt from x one example at a time. Workspace from the context: R * in floats when col is
+ * NULL, plus R * in floats when dx is wanted. No output may overlap another or an input read. */
+KF_API kf_status kf_conv2d_backward(kf_context *ctx, const kf_conv2d_shape *s, const float *x,
+                                    const float *col, size_t ldcol, const float *dy,
+                                    const float *w, size_t ldw, float *dw, size_t lddw,
+                                    float *db, float *dx);
+
+/* The rows layout of an output-side tensor dy (N, C_out, OH, OW): g[n*R + r][o] = dy[n][o][r],
+ * N * R rows of width C_out, ldg >= C_out apart: the layout of kf_gradient_factor and
+ * kf_optimizer_observe_gradients (r = R). g must not overlap dy. */
+KF_API kf_status kf_conv2d_output_rows(kf_context *ctx, const kf_conv2d_shape *s,
+                                       const float *dy, float *g, size_t ldg);
+
+/* ------------------------------------------------------------------------------------------------
  * The optimizer: a stateful handle that keeps factors, inverses, momentum and counters per layer.
  *
  * Lifecycle (error handling omitted; every call returns a kf_status):

@@ -6,6 +6,8 @@ library is found). Two levels:
 * functions mirroring the C primitives, for preconditioning your own model's gradients:
   activation_factor, gradient_factor, pi, damped_inverse, sym_eig, foof_direction,
   kfac_direction, kronecker_apply, eigenbasis_apply;
+* 2-D convolutions (NCHW) as dense layers over patches: im2col, col2im, conv2d, conv2d_backward,
+  conv2d_output_rows, conv2d_output_size;
 * Optimizer, the stateful optimizer (factors, moving averages, inverses, momentum, checkpoints),
   which updates your numpy parameters in place.
 
@@ -20,6 +22,8 @@ the wrong Python or numpy type (integer or complex arrays, a string where a numb
 ValueError for an unknown option string or a negative size.
 """
 
+from ._conv import (col2im, conv2d, conv2d_backward, conv2d_output_rows, conv2d_output_size,
+                    im2col)
 from ._errors import KronfacError, Status, status_string
 from ._optimizer import ALGORITHMS, Optimizer
 from ._primitives import (activation_factor, build_info, damped_inverse, eigenbasis_apply,
@@ -35,11 +39,17 @@ __all__ = [
     "Status",
     "activation_factor",
     "build_info",
+    "col2im",
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_output_rows",
+    "conv2d_output_size",
     "damped_inverse",
     "eigenbasis_apply",
     "foof_direction",
     "gradient_factor",
     "has_blas",
+    "im2col",
     "kfac_direction",
     "kronecker_apply",
     "library_path",

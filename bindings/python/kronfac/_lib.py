@@ -75,6 +75,12 @@ class kf_layer_tensors(ctypes.Structure):
     ]
 
 
+class kf_conv2d_shape(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "batch", "in_channels", "height", "width", "out_channels", "kernel_h", "kernel_w",
+        "stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w")]
+
+
 class kf_layer_batch(ctypes.Structure):
     _fields_ = [
         ("weight", c_float_p),
@@ -132,6 +138,16 @@ FUNCTIONS = {
     "kf_eigenbasis_apply": (_ST, [_CTX, _S, _S, _FP, _S, _FP, _S, _FP, _FP, _S, _FP,
                                   _FP, _S, _F, _FP, _S]),
     "kf_kfac_exact_direction": (_ST, [_CTX, _S, _S, _FP, _S, _FP, _S, _FP, _S, _F, _FP, _S]),
+    # convolutions
+    "kf_conv2d_shape_init": (_ST, [ctypes.POINTER(kf_conv2d_shape), _S, _S, _S, _S, _S, _S, _S]),
+    "kf_conv2d_output_size": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), c_size_p, c_size_p]),
+    "kf_im2col": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), _FP, _FP, _S]),
+    "kf_col2im": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), _FP, _S, _FP]),
+    "kf_conv2d_forward": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), _FP, _FP, _S, _FP, _FP, _S,
+                                _FP]),
+    "kf_conv2d_backward": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), _FP, _FP, _S, _FP, _FP, _S,
+                                 _FP, _S, _FP, _FP]),
+    "kf_conv2d_output_rows": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), _FP, _FP, _S]),
     # optimizer
     "kf_algorithm_name": (ctypes.c_char_p, [c_enum]),
     "kf_optimizer_params_init": (_ST, [ctypes.POINTER(kf_optimizer_params), c_enum]),
