@@ -472,9 +472,10 @@ typedef struct kf_layer_params {
                                         tying), >= 1 (default 1). With U > 1 each statistics step
                                         takes exactly U observations of activations (and of
                                         gradients), one per application, each of the same n; they
-                                        enter as U times as many shared positions (K-FAC-expand of
-                                        the traced computation). U > 1 needs the expand mode and
-                                        is not available for EKFAC. */
+                                        enter as U times as many shared positions (K-FAC-expand).
+                                        That is exact for parallel uses that each carry loss terms,
+                                        an approximation for uses along one path. U > 1 needs the
+                                        expand mode and is not available for EKFAC. */
 } kf_layer_params;
 
 /* Defaults for a dense layer out x in: bias, no shared axis, the optimizer's algorithm. */
