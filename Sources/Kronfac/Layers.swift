@@ -1,0 +1,484 @@
+import Foundation
+
+/// Which backward pass a gradient belongs to.
+public enum BackwardPass: Sendable {
+    /// The gradient of the training loss: parameter gradients are computed.
+    case gradient
+    /// The curvature pass of K-FAC and EKFAC (gradients of sampled-target losses): only the
+    /// layers' output gradients are recorded for the optimizer; parameter gradients are kept.
+    case curvature
+}
+
+/// A differentiable layer of a model, working on batches (first axis = examples).
+///
+/// `forward` keeps what `backward` needs, so a backward pass refers to the last forward pass.
+/// Gradients travelling backward are per-example gradients of the per-example loss (not divided
+/// by the batch size); parameter gradients are those of the batch-mean loss.
+public protocol Layer: AnyObject {
+    /// The outputs of a batch of inputs.
+    func forward(_ input: Tensor) throws -> Tensor
+    /// Given the gradients with respect to the outputs of the last forward pass, records what the
+    /// pass needs and returns the gradients with respect to its inputs.
+    func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor
+}
+
+extension Layer {
+    /// The backward pass of the training loss.
+    public func backward(_ outputGradient: Tensor) throws -> Tensor {
+        try backward(outputGradient, pass: .gradient)
+    }
+}
+
+/// How a dense layer's weights are drawn (biases start at zero).
+public enum Initialization: Sendable {
+    /// He et al. 2015: normal with standard deviation sqrt(2 / inputs), for ReLU networks.
+    case he
+    /// Glorot & Bengio 2010: uniform in +-sqrt(6 / (inputs + outputs)), for tanh and sigmoid.
+    case glorot
+}
+
+/// Checks that a batch is a non-empty matrix of the expected width; returns its row count.
+func checkBatch(_ tensor: Tensor, columns: Int, role: String) throws -> Int {
+    guard tensor.rank >= 2 || (tensor.rank == 1 && columns == 1) else {
+        throw KronfacError(.shape, "\(role) must have a batch axis first; got shape \(tensor.shape)")
+    }
+    let rows = tensor.rowCount
+    guard rows > 0 else {
+        throw KronfacError(.shape, "\(role) is an empty batch (shape \(tensor.shape))")
+    }
+    guard tensor.columnCount == columns else {
+        throw KronfacError(.shape,
+            "\(role) has \(tensor.columnCount) values per example (shape \(tensor.shape)), expected \(columns)")
+    }
+    return rows
+}
+
+/// A fully connected layer `y = W x + b` with `W` of shape `[outputSize, inputSize]`.
+public final class Dense: Layer {
+    public let inputSize: Int
+    public let outputSize: Int
+    /// Whether the layer has a bias vector.
+    public let hasBias: Bool
+    /// The weights, `[outputSize, inputSize]`.
+    public private(set) var weight: Tensor
+    /// The bias, `[outputSize]`, or nil.
+    public private(set) var bias: Tensor?
+    /// The gradient of the batch-mean loss with respect to `weight`, from the last gradient pass.
+    public private(set) var weightGradient: Tensor
+    /// The gradient of the batch-mean loss with respect to `bias`, from the last gradient pass.
+    public private(set) var biasGradient: Tensor?
+
+    // What the optimizer observes: the inputs of the last forward pass and the per-example output
+    // gradients of each pass, tagged with the forward pass they belong to.
+    private(set) var lastInput: Tensor?
+    private(set) var lastOutputGradient: Tensor?
+    private(set) var lastCurvatureGradient: Tensor?
+    private(set) var forwardCount: UInt64 = 0
+    private(set) var outputGradientForward: UInt64 = 0
+    private(set) var curvatureGradientForward: UInt64 = 0
+    /// The forward pass whose gradients the optimizer last consumed (a pass is used once).
+    var updatedForward: UInt64 = 0
+
+    private var contextStorage: KernelContext?
+    private var ones: [Float] = []
+
+    /// A dense layer with seeded initial weights.
+    /// - Parameters:
+    ///   - inputSize: the number of inputs, at least 1.
+    ///   - outputSize: the number of outputs, at least 1.
+    ///   - bias: whether to add a bias vector (initialised to zero).
+    ///   - initialization: He (ReLU) or Glorot (tanh, sigmoid, linear).
+    ///   - seed: the seed of the weights; `Sequential(seed:)` reseeds its layers.
+    public init(
+        _ inputSize: Int, _ outputSize: Int, bias: Bool = true,
+        initialization: Initialization = .glorot, seed: UInt64 = 0
+    ) {
+        precondition(inputSize >= 1 && outputSize >= 1, "Dense needs at least one input and one output")
+        self.inputSize = inputSize
+        self.outputSize = outputSize
+        self.hasBias = bias
+        self.initialization = initialization
+        self.weight = Tensor(shape: [outputSize, inputSize])
+        self.bias = bias ? Tensor(shape: [outputSize]) : nil
+        self.weightGradient = Tensor(shape: [outputSize, inputSize])
+        self.biasGradient = bias ? Tensor(shape: [outputSize]) : nil
+        initialize(seed: seed)
+    }
+
+    /// The scheme used by `initialize(seed:)`.
+    public let initialization: Initialization
+
+    /// Draws new weights from the layer's initialisation scheme and zeroes the bias.
+    public func initialize(seed: UInt64) {
+        var generator = SeededGenerator(seed: seed, stream: 0x44_656E_7365)  // "Dense"
+        let fanIn = Double(inputSize), fanOut = Double(outputSize)
+        let values: [Float]
+        switch initialization {
+        case .he:
+            let std = (2.0 / fanIn).squareRoot()
+            values = (0..<(inputSize * outputSize)).map { _ in Float(std * generator.nextNormal()) }
+        case .glorot:
+            let limit = (6.0 / (fanIn + fanOut)).squareRoot()
+            values = (0..<(inputSize * outputSize)).map { _ in Float(generator.nextUniform(-limit, limit)) }
+        }
+        weight = Tensor(uncheckedShape: [outputSize, inputSize], scalars: values)
+        if hasBias { bias = Tensor(shape: [outputSize]) }
+    }
+
+    /// Replaces the parameters.
+    /// - Throws: `KronfacError(.shape)` when a shape differs from the layer's, or the bias is
+    ///   given to a layer without one (or missing); `.nonFinite` for NaN or infinity. On error the
+    ///   layer is unchanged.
+    public func setParameters(weight newWeight: Tensor, bias newBias: Tensor? = nil) throws {
+        guard newWeight.shape == [outputSize, inputSize] else {
+            throw KronfacError(.shape, "weight has shape \(newWeight.shape), the layer needs [\(outputSize), \(inputSize)]")
+        }
+        if hasBias {
+            guard let newBias else { throw KronfacError(.shape, "the layer has a bias but none was given") }
+            guard newBias.scalarCount == outputSize, newBias.rank == 1 else {
+                throw KronfacError(.shape, "bias has shape \(newBias.shape), the layer needs [\(outputSize)]")
+            }
+            guard newBias.isFinite else { throw KronfacError(.nonFinite, "bias contains NaN or infinity") }
+        } else if newBias != nil {
+            throw KronfacError(.shape, "the layer has no bias but one was given")
+        }
+        guard newWeight.isFinite else { throw KronfacError(.nonFinite, "weight contains NaN or infinity") }
+        weight = newWeight
+        bias = newBias
+    }
+
+    var context: KernelContext {
+        get throws {
+            if let contextStorage { return contextStorage }
+            let created = try KernelContext()
+            contextStorage = created
+            return created
+        }
+    }
+
+    /// A column of ones, so that bias terms are products with the core's kernels too.
+    private func onesColumn(_ count: Int) -> [Float] {
+        if ones.count < count { ones = [Float](repeating: 1, count: count) }
+        return ones
+    }
+
+    public func forward(_ input: Tensor) throws -> Tensor {
+        let n = try checkBatch(input, columns: inputSize, role: "Dense(\(inputSize), \(outputSize)) input")
+        let context = try self.context
+        let ones = onesColumn(n)
+        let out = outputSize, inp = inputSize
+        let output = try Tensor.matrix(rows: n, columns: out) { y in
+            try input.withUnsafeBufferPointer { x in
+                try weight.withUnsafeBufferPointer { w in
+                    var beta: Float = 0
+                    if let bias {
+                        // Y = 1 b^T, then Y += X W^T.
+                        try bias.withUnsafeBufferPointer { b in
+                            try ones.withUnsafeBufferPointer { o in
+                                try context.gemm(transposeA: false, transposeB: false, m: n, n: out, k: 1,
+                                                 alpha: 1, a: o.baseAddress!, lda: 1, b: b.baseAddress!, ldb: out,
+                                                 beta: 0, c: y.baseAddress!, ldc: out)
+                            }
+                        }
+                        beta = 1
+                    }
+                    try context.gemm(transposeA: false, transposeB: true, m: n, n: out, k: inp,
+                                     alpha: 1, a: x.baseAddress!, lda: inp, b: w.baseAddress!, ldb: inp,
+                                     beta: beta, c: y.baseAddress!, ldc: out)
+                }
+            }
+        }
+        lastInput = input
+        forwardCount &+= 1
+        return output
+    }
+
+    public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
+        try backward(outputGradient, pass: pass, needsInputGradient: true)!
+    }
+
+    /// The backward pass; the first layer of a model skips the input gradient nobody reads.
+    func backward(_ outputGradient: Tensor, pass: BackwardPass, needsInputGradient: Bool) throws -> Tensor? {
+        guard let input = lastInput else {
+            throw KronfacError(.state, "Dense(\(inputSize), \(outputSize)).backward called before forward")
+        }
+        let n = input.rowCount
+        let rows = try checkBatch(outputGradient, columns: outputSize,
+                                  role: "Dense(\(inputSize), \(outputSize)) output gradient")
+        guard rows == n else {
+            throw KronfacError(.shape, "output gradient has \(rows) examples, the last forward pass had \(n)")
+        }
+        let context = try self.context
+        let out = outputSize, inp = inputSize
+        if pass == .gradient {
+            // Mean over the batch: dW = (1/n) G^T X, db = (1/n) G^T 1.
+            let scale = 1 / Float(n)
+            var newWeightGradient = weightGradient
+            var newBiasGradient = biasGradient
+            try outputGradient.withUnsafeBufferPointer { g in
+                try input.withUnsafeBufferPointer { x in
+                    try newWeightGradient.withUnsafeMutableBufferPointer { dw in
+                        try context.gemm(transposeA: true, transposeB: false, m: out, n: inp, k: n,
+                                         alpha: scale, a: g.baseAddress!, lda: out, b: x.baseAddress!, ldb: inp,
+                                         beta: 0, c: dw.baseAddress!, ldc: inp)
+                    }
+                }
+                if newBiasGradient != nil {
+                    let ones = onesColumn(n)
+                    try ones.withUnsafeBufferPointer { o in
+                        try newBiasGradient!.withUnsafeMutableBufferPointer { db in
+                            try context.gemm(transposeA: false, transposeB: false, m: 1, n: out, k: n,
+                                             alpha: scale, a: o.baseAddress!, lda: n, b: g.baseAddress!, ldb: out,
+                                             beta: 0, c: db.baseAddress!, ldc: out)
+                        }
+                    }
+                }
+            }
+            weightGradient = newWeightGradient
+            biasGradient = newBiasGradient
+            lastOutputGradient = outputGradient
+            outputGradientForward = forwardCount
+        } else {
+            lastCurvatureGradient = outputGradient
+            curvatureGradientForward = forwardCount
+        }
+        guard needsInputGradient else { return nil }
+        // dX = G W.
+        return try Tensor.matrix(rows: n, columns: inp) { dx in
+            try outputGradient.withUnsafeBufferPointer { g in
+                try weight.withUnsafeBufferPointer { w in
+                    try context.gemm(transposeA: false, transposeB: false, m: n, n: inp, k: out,
+                                     alpha: 1, a: g.baseAddress!, lda: out, b: w.baseAddress!, ldb: inp,
+                                     beta: 0, c: dx.baseAddress!, ldc: inp)
+                }
+            }
+        }
+    }
+
+    /// The number of trainable scalars.
+    public var parameterCount: Int { inputSize * outputSize + (hasBias ? outputSize : 0) }
+
+    // Internal access for the optimizer, which updates the parameters in place.
+    func withParameterPointers<R>(
+        _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?,
+                 UnsafePointer<Float>, UnsafePointer<Float>?) throws -> R
+    ) rethrows -> R {
+        try weight.withUnsafeMutableBufferPointer { w in
+            try weightGradient.withUnsafeBufferPointer { dw in
+                if bias != nil {
+                    return try bias!.withUnsafeMutableBufferPointer { b in
+                        try biasGradient!.withUnsafeBufferPointer { db in
+                            try body(w.baseAddress!, b.baseAddress!, dw.baseAddress!, db.baseAddress!)
+                        }
+                    }
+                }
+                return try body(w.baseAddress!, nil, dw.baseAddress!, nil)
+            }
+        }
+    }
+
+    /// Restores parameters read from a checkpoint (shapes already validated).
+    func restoreParameters(weight: [Float], bias: [Float]?) {
+        self.weight = Tensor(uncheckedShape: [outputSize, inputSize], scalars: weight)
+        if let bias { self.bias = Tensor(uncheckedShape: [outputSize], scalars: bias) }
+    }
+
+    /// Drops what the last passes recorded (so a stale observation cannot be reused).
+    func forgetPasses() {
+        lastInput = nil
+        lastOutputGradient = nil
+        lastCurvatureGradient = nil
+    }
+}
+
+// MARK: - Activations
+
+/// The elementwise nonlinearities; they keep their last output, from which every derivative
+/// here follows (ReLU: y > 0, tanh: 1 - y^2, sigmoid: y (1 - y)).
+enum ActivationKind: Sendable {
+    case identity, relu, tanh, sigmoid
+
+    func apply(_ input: Tensor) -> Tensor {
+        if self == .identity { return input }
+        var result = input
+        result.withUnsafeMutableBufferPointer { buffer in
+            switch self {
+            case .identity: break
+            case .relu:
+                for i in buffer.indices where !(buffer[i] > 0) {
+                    // NaN stays NaN so that bad data is caught, not hidden.
+                    if !buffer[i].isNaN { buffer[i] = 0 }
+                }
+            case .tanh:
+                for i in buffer.indices { buffer[i] = Foundation.tanh(buffer[i]) }
+            case .sigmoid:
+                for i in buffer.indices { buffer[i] = stableSigmoid(buffer[i]) }
+            }
+        }
+        return result
+    }
+
+    func derivativeTimes(_ gradient: Tensor, output: Tensor) -> Tensor {
+        if self == .identity { return gradient }
+        var result = gradient
+        output.withUnsafeBufferPointer { y in
+            result.withUnsafeMutableBufferPointer { g in
+                switch self {
+                case .identity: break
+                case .relu:
+                    for i in g.indices where !(y[i] > 0) { g[i] = 0 }
+                case .tanh:
+                    for i in g.indices { g[i] *= 1 - y[i] * y[i] }
+                case .sigmoid:
+                    for i in g.indices { g[i] *= y[i] * (1 - y[i]) }
+                }
+            }
+        }
+        return result
+    }
+}
+
+/// sigma(x) without overflow for large |x|.
+@inline(__always)
+func stableSigmoid(_ x: Float) -> Float {
+    if x >= 0 {
+        return 1 / (1 + Foundation.exp(-x))
+    }
+    let e = Foundation.exp(x)
+    return e / (1 + e)
+}
+
+/// Shared machinery of the activation layers.
+struct ActivationState {
+    let kind: ActivationKind
+    var lastOutput: Tensor?
+
+    mutating func forward(_ input: Tensor, name: String) throws -> Tensor {
+        guard input.rank >= 1, input.rowCount > 0, input.scalarCount > 0 else {
+            throw KronfacError(.shape, "\(name) input is an empty batch (shape \(input.shape))")
+        }
+        let output = kind.apply(input)
+        lastOutput = output
+        return output
+    }
+
+    func backward(_ gradient: Tensor, name: String) throws -> Tensor {
+        guard let lastOutput else {
+            throw KronfacError(.state, "\(name).backward called before forward")
+        }
+        guard gradient.shape == lastOutput.shape else {
+            throw KronfacError(.shape,
+                "\(name) output gradient has shape \(gradient.shape), the last forward output had \(lastOutput.shape)")
+        }
+        return kind.derivativeTimes(gradient, output: lastOutput)
+    }
+}
+
+/// The identity activation (a placeholder, e.g. for a linear output layer).
+public final class Identity: Layer {
+    private var state = ActivationState(kind: .identity)
+    public init() {}
+    public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "Identity") }
+    public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
+        try state.backward(outputGradient, name: "Identity")
+    }
+}
+
+/// max(0, x).
+public final class ReLU: Layer {
+    private var state = ActivationState(kind: .relu)
+    public init() {}
+    public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "ReLU") }
+    public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
+        try state.backward(outputGradient, name: "ReLU")
+    }
+}
+
+/// The hyperbolic tangent.
+public final class Tanh: Layer {
+    private var state = ActivationState(kind: .tanh)
+    public init() {}
+    public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "Tanh") }
+    public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
+        try state.backward(outputGradient, name: "Tanh")
+    }
+}
+
+/// The logistic function 1 / (1 + e^-x).
+public final class Sigmoid: Layer {
+    private var state = ActivationState(kind: .sigmoid)
+    public init() {}
+    public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "Sigmoid") }
+    public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
+        try state.backward(outputGradient, name: "Sigmoid")
+    }
+}
+
+// MARK: - Sequential
+
+/// Layers applied one after another.
+public final class Sequential: Layer {
+    /// The layers in order.
+    public let layers: [any Layer]
+
+    /// A model of `layers`; with a seed, every dense layer (nested ones included) is
+    /// re-initialised from it, layer i with a stream of its own.
+    public init(_ layers: [any Layer], seed: UInt64? = nil) {
+        self.layers = layers
+        if let seed { initialize(seed: seed) }
+    }
+
+    /// A model of the given layers; see `init(_:seed:)`.
+    public convenience init(seed: UInt64? = nil, _ layers: any Layer...) {
+        self.init(layers, seed: seed)
+    }
+
+    /// Re-initialises every dense layer from `seed`.
+    public func initialize(seed: UInt64) {
+        for (index, layer) in denseLayers.enumerated() {
+            var generator = SeededGenerator(seed: seed, stream: 0x5365_7175, index: UInt64(index))
+            layer.initialize(seed: generator.next())
+        }
+    }
+
+    /// The dense layers, depth first in order: the layers an optimizer updates.
+    public var denseLayers: [Dense] {
+        layers.flatMap { layer -> [Dense] in
+            if let dense = layer as? Dense { return [dense] }
+            if let nested = layer as? Sequential { return nested.denseLayers }
+            return []
+        }
+    }
+
+    /// The number of trainable scalars.
+    public var parameterCount: Int { denseLayers.reduce(0) { $0 + $1.parameterCount } }
+
+    public func forward(_ input: Tensor) throws -> Tensor {
+        guard !layers.isEmpty else { return input }
+        var x = input
+        for layer in layers { x = try layer.forward(x) }
+        return x
+    }
+
+    public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
+        try backward(outputGradient, pass: pass, needsInputGradient: true)!
+    }
+
+    /// The backward pass; without `needsInputGradient` the first dense layer skips its input gradient.
+    func backward(_ outputGradient: Tensor, pass: BackwardPass, needsInputGradient: Bool) throws -> Tensor? {
+        var g = outputGradient
+        for (index, layer) in layers.enumerated().reversed() {
+            let needed = needsInputGradient || index > 0
+            if let dense = layer as? Dense {
+                guard let next = try dense.backward(g, pass: pass, needsInputGradient: needed) else { return nil }
+                g = next
+            } else if let nested = layer as? Sequential {
+                guard let next = try nested.backward(g, pass: pass, needsInputGradient: needed) else { return nil }
+                g = next
+            } else {
+                g = try layer.backward(g, pass: pass)
+            }
+        }
+        return g
+    }
+}
