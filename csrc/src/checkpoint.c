@@ -11,6 +11,7 @@
 
 #include "kf_optimizer_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,7 @@
 #define KF_CK_VERSION 1u
 #define KF_CK_BOM 0x01020304u
 #define KF_CK_HEADER 24 /* magic 8, version 4, bom 4, size 8 */
+#define KF_CK_LAYER_COUNTERS 44 /* weights 3 x 8, has_inverse 4, inverse_count 8, pi 4, damping 4 */
 
 /* ---- a byte cursor that writes (or only counts when buf is NULL) ---------------------------- */
 
@@ -73,6 +75,45 @@ static uint64_t fnv1a(const unsigned char *p, size_t n)
         h *= 1099511628211ULL;
     }
     return h;
+}
+
+/* Whether `count` floats stored at p (possibly unaligned) are all finite. */
+static int finite_floats(const unsigned char *p, size_t count)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t bits;
+        memcpy(&bits, p + i * sizeof bits, sizeof bits);
+        bad |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    return !bad;
+}
+
+/* The floats a layer of these settings stores (the sum over layer_buffers), overflow-checked, so
+ * that a checkpoint's claims can be checked against its size before anything is allocated. */
+static int layer_floats(const kf_layer_params *p, size_t *floats)
+{
+    size_t da = p->in + (size_t)p->bias, mat, sq_a, sq_g, total;
+    if (!kf__mul_size(p->out, da, &mat) || !kf__mul_size(da, da, &sq_a) ||
+        !kf__mul_size(p->out, p->out, &sq_g) || mat > SIZE_MAX / 16 || sq_a > SIZE_MAX / 16 ||
+        sq_g > SIZE_MAX / 16) {
+        return 0;
+    }
+    total = mat;
+    if (p->algorithm == KF_ALGO_ADAM) {
+        total += mat;
+    }
+    if (kf__algo_precond(p->algorithm)) {
+        total += 2 * sq_a + (kf__algo_eigen(p->algorithm) ? da : 0);
+    }
+    if (kf__algo_uses_g(p->algorithm)) {
+        total += 2 * sq_g + (kf__algo_eigen(p->algorithm) ? p->out : 0);
+    }
+    if (p->algorithm == KF_ALGO_EKFAC) {
+        total += mat;
+    }
+    *floats = total;
+    return 1;
 }
 
 /* ---- what a layer stores --------------------------------------------------------------------- */
@@ -341,8 +382,9 @@ static kf_status walk_layers(kf_errbuf *e, rcur *r, kf_optimizer *opt, uint64_t 
                             l->p.out, l->p.in, l->p.bias, l->p.shared,
                             kf_algorithm_name(l->p.algorithm));
         }
-        if (!(wa >= 0.0 && wg >= 0.0 && ws >= 0.0) || has_inv > 1 || !(pi > 0.0f) ||
-            !(damp >= 0.0f)) {
+        if (!(wa >= 0.0 && wg >= 0.0 && ws >= 0.0) || !isfinite(wa) || !isfinite(wg) ||
+            !isfinite(ws) || has_inv > 1 || !(pi > 0.0f) || !isfinite(pi) || !(damp >= 0.0f) ||
+            !isfinite(damp)) {
             return kf__fail(e, KF_ERR_FORMAT, "checkpoint layer %llu has invalid counters",
                             (unsigned long long)i);
         }
@@ -355,6 +397,10 @@ static kf_status walk_layers(kf_errbuf *e, rcur *r, kf_optimizer *opt, uint64_t 
             }
             if (apply) {
                 memcpy(ptrs[b], r->buf + r->pos, bytes);
+            } else if (!finite_floats(r->buf + r->pos, counts[b])) {
+                /* A state the library never produces: it would turn the next step into NaN. */
+                return kf__fail(e, KF_ERR_FORMAT, "checkpoint layer %llu holds NaN or Inf",
+                                (unsigned long long)i);
             }
             r->pos += bytes;
         }
@@ -445,42 +491,45 @@ kf_status kf_optimizer_create_from_checkpoint(const void *buf, size_t size,
         (s = read_head(NULL, &r, &p, &step, &refresh, &n_layers)) != KF_OK) {
         return s;
     }
+    {
+        /* Every layer's claimed shape must fit the bytes the checkpoint has, before a single
+         * layer is allocated: a small hostile file must not request gigabytes. */
+        size_t body = r.pos;
+        for (uint64_t i = 0; i < n_layers; i++) {
+            kf_layer_params lp;
+            size_t floats = 0, bytes;
+            read_layer_shape(&r, &lp);
+            if (r.bad || lp.out == 0 || lp.in == 0 || lp.shared == 0 || lp.out > 32000 ||
+                lp.in > 31999 || (lp.bias != 0 && lp.bias != 1) || lp.shared > ((size_t)1 << 32) ||
+                (lp.shared_mode != KF_SHARED_EXPAND && lp.shared_mode != KF_SHARED_REDUCE) ||
+                lp.loss_terms_per_example == 0 || lp.loss_terms_per_example > ((size_t)1 << 32) ||
+                lp.uses == 0 || lp.uses > 4096 ||
+                (lp.uses > 1 && (lp.shared_mode != KF_SHARED_EXPAND || lp.algorithm == KF_ALGO_EKFAC)) ||
+                kf_algorithm_name(lp.algorithm) == NULL || lp.algorithm == KF_ALGO_DEFAULT ||
+                !layer_floats(&lp, &floats) || floats > SIZE_MAX / sizeof(float) - 64) {
+                return KF_ERR_FORMAT;
+            }
+            bytes = floats * sizeof(float) + KF_CK_LAYER_COUNTERS;
+            if (bytes > r.size - r.pos) {
+                return KF_ERR_FORMAT;
+            }
+            r.pos += bytes;
+        }
+        r.pos = body;
+    }
     if ((s = kf_optimizer_create(&p, alloc, &opt)) != KF_OK) {
         return s;
     }
     for (uint64_t i = 0; i < n_layers; i++) {
         kf_layer_params lp;
-        size_t idx;
-        size_t bytes_left;
+        size_t idx, floats = 0;
         read_layer_shape(&r, &lp);
-        if (r.bad || lp.out == 0 || lp.in == 0 || lp.shared == 0 || lp.out > 32000 ||
-            lp.in > 31999 || (lp.bias != 0 && lp.bias != 1) ||
-            (lp.shared_mode != KF_SHARED_EXPAND && lp.shared_mode != KF_SHARED_REDUCE) ||
-            lp.loss_terms_per_example == 0 || lp.uses == 0 || lp.uses > 4096 ||
-            (lp.uses > 1 && (lp.shared_mode != KF_SHARED_EXPAND || lp.algorithm == KF_ALGO_EKFAC)) ||
-            kf_algorithm_name(lp.algorithm) == NULL ||
-            lp.algorithm == KF_ALGO_DEFAULT) {
-            kf_optimizer_destroy(opt);
-            return KF_ERR_FORMAT;
-        }
         if ((s = kf__optimizer_add_layer(opt, &lp, &idx)) != KF_OK) {
             kf_optimizer_destroy(opt);
             return s;
         }
-        /* Skip this layer's counters and buffers to reach the next shape. */
-        {
-            float *ptrs[12];
-            size_t counts[12], nb = layer_buffers(&opt->layers[idx], ptrs, counts), skip = 3 * 8 + 4 + 8 + 4 + 4;
-            for (size_t b = 0; b < nb; b++) {
-                skip += counts[b] * sizeof(float);
-            }
-            bytes_left = r.size - r.pos;
-            if (skip > bytes_left) {
-                kf_optimizer_destroy(opt);
-                return KF_ERR_FORMAT;
-            }
-            r.pos += skip;
-        }
+        layer_floats(&lp, &floats);
+        r.pos += floats * sizeof(float) + KF_CK_LAYER_COUNTERS;
     }
     if ((s = kf_optimizer_restore(opt, buf, size)) != KF_OK) {
         kf_optimizer_destroy(opt);
@@ -544,33 +593,54 @@ kf_status kf_optimizer_save_file(const kf_optimizer *opt, const char *path)
     return KF_OK;
 }
 
-/* Reads a whole file through the allocator; *size receives its length. */
+/* Reads a whole file through the allocator; *size receives its length. Reads to the end in
+ * growing chunks rather than trusting ftell, which reports nonsense for a directory or a pipe. */
 static kf_status read_file(kf_errbuf *e, const kf_allocator *a, const char *path,
-                           unsigned char **out, size_t *size)
+                           unsigned char **out, size_t *size, size_t *capacity)
 {
     FILE *f = fopen(path, "rb");
-    long len;
-    unsigned char *buf;
+    unsigned char *buf = NULL;
+    size_t cap = 0, len = 0;
     if (!f) {
         return kf__fail(e, KF_ERR_IO, "could not open '%s'", path);
     }
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return kf__fail(e, KF_ERR_IO, "could not size '%s'", path);
+    for (;;) {
+        size_t got;
+        if (len == cap) {
+            size_t ncap = cap ? 2 * cap : 65536;
+            unsigned char *nb;
+            if (ncap < cap || ncap > ((size_t)1 << 40)) {
+                kf__free(a, buf, cap);
+                fclose(f);
+                return kf__fail(e, KF_ERR_IO, "'%s' is too large for a checkpoint", path);
+            }
+            if (!(nb = (unsigned char *)kf__alloc(a, ncap))) {
+                kf__free(a, buf, cap);
+                fclose(f);
+                return kf__fail(e, KF_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
+            }
+            if (len) {
+                memcpy(nb, buf, len);
+            }
+            kf__free(a, buf, cap);
+            buf = nb;
+            cap = ncap;
+        }
+        got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) {
+            break;
+        }
     }
-    buf = (unsigned char *)kf__alloc(a, (size_t)len);
-    if (!buf) {
+    if (ferror(f)) {
+        kf__free(a, buf, cap);
         fclose(f);
-        return kf__fail(e, KF_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%ld bytes)", path, len);
-    }
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        kf__free(a, buf, (size_t)len);
         return kf__fail(e, KF_ERR_IO, "could not read '%s'", path);
     }
     fclose(f);
     *out = buf;
-    *size = (size_t)len;
+    *size = len;
+    *capacity = cap; /* what the caller frees */
     return KF_OK;
 }
 
@@ -578,7 +648,7 @@ kf_status kf_optimizer_restore_file(kf_optimizer *opt, const char *path)
 {
     static const char fn[] = "kf_optimizer_restore_file";
     unsigned char *buf = NULL;
-    size_t size = 0;
+    size_t size = 0, cap = 0;
     kf_status s;
     if (!opt) {
         return KF_ERR_NULL_POINTER;
@@ -586,11 +656,11 @@ kf_status kf_optimizer_restore_file(kf_optimizer *opt, const char *path)
     if (!path) {
         return kf__fail(&opt->err, KF_ERR_NULL_POINTER, "%s: path is NULL", fn);
     }
-    if ((s = read_file(&opt->err, &opt->alloc, path, &buf, &size)) != KF_OK) {
+    if ((s = read_file(&opt->err, &opt->alloc, path, &buf, &size, &cap)) != KF_OK) {
         return kf__prefix(&opt->err, s, fn);
     }
     s = kf_optimizer_restore(opt, buf, size);
-    kf__free(&opt->alloc, buf, size);
+    kf__free(&opt->alloc, buf, cap);
     return s;
 }
 
@@ -598,7 +668,7 @@ kf_status kf_optimizer_create_from_file(const char *path, const kf_allocator *al
                                         kf_optimizer **out)
 {
     unsigned char *buf = NULL;
-    size_t size = 0;
+    size_t size = 0, cap = 0;
     kf_status s;
     if (!path || !out) {
         return KF_ERR_NULL_POINTER;
@@ -606,10 +676,10 @@ kf_status kf_optimizer_create_from_file(const char *path, const kf_allocator *al
     if (alloc && (!alloc->alloc || !alloc->free)) {
         return KF_ERR_INVALID_ARGUMENT;
     }
-    if ((s = read_file(NULL, alloc, path, &buf, &size)) != KF_OK) {
+    if ((s = read_file(NULL, alloc, path, &buf, &size, &cap)) != KF_OK) {
         return s;
     }
     s = kf_optimizer_create_from_checkpoint(buf, size, alloc, out);
-    kf__free(alloc, buf, size);
+    kf__free(alloc, buf, cap);
     return s;
 }

@@ -21,6 +21,10 @@ void *kf__alloc(const kf_allocator *a, size_t size)
     if (size == 0) {
         size = 1;
     }
+    if (size > ((size_t)1 << 40)) {
+        /* Beyond a terabyte a request is a size gone wrong; some allocators abort on it. */
+        return NULL;
+    }
     return (a && a->alloc) ? a->alloc(size, a->ctx) : kf__default_alloc(size, NULL);
 }
 

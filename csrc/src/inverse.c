@@ -205,6 +205,13 @@ kf_status kf__sym_eig_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, flo
                         "symmetric eigendecomposition of a %zu x %zu factor did not converge", n, n);
     }
     for (size_t i = 0; i < n; i++) {
+        /* Eigenvalues of a float matrix can exceed the float range (e.g. FLT_MAX entries). */
+        if (!(fabs(wd[i]) <= 3.4028234663852886e38)) {
+            return kf__fail(e, KF_ERR_NON_FINITE, "an eigenvalue (%g) of the %zu x %zu factor "
+                            "exceeds the float range", wd[i], n, n);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
         w[i] = (float)wd[i];
         for (size_t j = 0; j < n; j++) {
             q[i * ldq + j] = (float)a[i * n + j];

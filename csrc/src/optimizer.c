@@ -508,15 +508,15 @@ static kf_status grow_ekfac_obs(kf_optimizer *opt, kf_layer *l, size_t rows)
     return KF_OK;
 }
 
-/* Before an observation: checks the use count and batch size of a tied layer's observations and
- * returns where the new batch factor goes (the pending buffer, or for a further use the idle
- * inv_next buffer, to be merged by finish_observation). */
+/* Before an observation: checks the use count and batch size of a tied layer's observations.
+ * The new batch factor is always computed into the idle inv_next buffer, so that a factor that
+ * overflows (huge but finite inputs) can be refused without touching what was observed before. */
 static kf_status begin_observation(kf_optimizer *opt, const char *fn, size_t layer, kf_side *sd,
                                    size_t n, float **target)
 {
     const kf_layer *l = &opt->layers[layer];
+    *target = sd->inv_next;
     if (l->p.uses == 1 || sd->has_pending == 0) {
-        *target = sd->pending;
         return KF_OK;
     }
     if (sd->has_pending >= l->p.uses) {
@@ -527,26 +527,41 @@ static kf_status begin_observation(kf_optimizer *opt, const char *fn, size_t lay
         return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: layer %zu: every use of a step must have the "
                         "same n (%zu, not %zu)", fn, layer, sd->pending_n, n);
     }
-    *target = sd->inv_next;
     return KF_OK;
 }
 
-/* Merges a further use of a tied layer: activations average over all uses' rows (equal counts),
- * gradient factors add up (their normalisation counts loss terms, which tying does not change). */
-static void finish_observation(const kf_layer *l, kf_side *sd, size_t n, int average)
+/* Takes the batch factor from inv_next into pending: a first (or only) use by swapping buffers,
+ * a further use of a tied layer by merging (activations average over all uses' rows, equal
+ * counts; gradient factors add up, as their normalisation counts loss terms, which tying does not
+ * change). Refuses a factor that overflowed. */
+static kf_status finish_observation(kf_optimizer *opt, const char *fn, const kf_layer *l,
+                                    kf_side *sd, size_t n, int average)
 {
     size_t nel = sd->dim * sd->dim, k = sd->has_pending;
+    if (!kf__all_finite(sd->dim, sd->dim, sd->inv_next, sd->dim)) {
+        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the factor of this batch overflows "
+                        "(inputs too large)", fn);
+    }
     if (l->p.uses > 1 && k > 0) {
         float keep = (float)k / (float)(k + 1), add = 1.0f / (float)(k + 1);
         for (size_t i = 0; i < nel; i++) {
-            sd->pending[i] = average ? keep * sd->pending[i] + add * sd->inv_next[i]
-                                     : sd->pending[i] + sd->inv_next[i];
+            float merged = average ? keep * sd->pending[i] + add * sd->inv_next[i]
+                                   : sd->pending[i] + sd->inv_next[i];
+            sd->inv_next[i] = merged;
         }
-        sd->has_pending = k + 1;
-    } else {
-        sd->has_pending = 1;
+        if (!kf__all_finite(sd->dim, sd->dim, sd->inv_next, sd->dim)) {
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the summed factor of the uses "
+                            "overflows", fn);
+        }
     }
+    {
+        float *t = sd->pending;
+        sd->pending = sd->inv_next;
+        sd->inv_next = t;
+    }
+    sd->has_pending = k + 1 > l->p.uses ? 1 : k + 1;
     sd->pending_n = n;
+    return KF_OK;
 }
 
 static kf_status check_layer_index(kf_optimizer *opt, const char *fn, size_t layer)
@@ -591,9 +606,11 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
                         layer);
     }
     coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
-    if (coll_rows && (!kf__mul_size(coll_rows, in * sizeof(float), &needed) ||
-                      (s = grow_obs_work(opt, needed)) != KF_OK)) {
-        return kf__prefix(&opt->err, KF_ERR_OUT_OF_MEMORY, fn);
+    if (coll_rows && !kf__mul_size(coll_rows, in * sizeof(float), &needed)) {
+        return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
+    }
+    if (coll_rows && (s = grow_obs_work(opt, needed)) != KF_OK) {
+        return kf__prefix(&opt->err, s, fn);
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
         size_t keep = coll_rows ? n : rows;
@@ -606,7 +623,9 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     }
     kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, target, l->dim_a,
                              (float *)opt->obs_work);
-    finish_observation(l, &l->a, n, 1);
+    if ((s = finish_observation(opt, fn, l, &l->a, n, 1)) != KF_OK) {
+        return s;
+    }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
         /* The rows a~ as the factor saw them (averaged for reduce), with the homogeneous 1. */
         size_t keep = coll_rows ? n : rows, da = l->dim_a;
@@ -676,16 +695,20 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
         return kf__fail(&opt->err, KF_ERR_STATE, "%s: EKFAC layer %zu needs the activations of "
                         "the same %zu examples observed first", fn, layer, n);
     }
-    if (coll_rows && (!kf__mul_size(coll_rows, out * sizeof(float), &needed) ||
-                      (s = grow_obs_work(opt, needed)) != KF_OK)) {
-        return kf__prefix(&opt->err, KF_ERR_OUT_OF_MEMORY, fn);
+    if (coll_rows && !kf__mul_size(coll_rows, out * sizeof(float), &needed)) {
+        return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
+    }
+    if (coll_rows && (s = grow_obs_work(opt, needed)) != KF_OK) {
+        return kf__prefix(&opt->err, s, fn);
     }
     if ((s = begin_observation(opt, fn, layer, &l->g, n, &target)) != KF_OK) {
         return s;
     }
     kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, target, out,
                            (float *)opt->obs_work);
-    finish_observation(l, &l->g, n, 0);
+    if ((s = finish_observation(opt, fn, l, &l->g, n, 0)) != KF_OK) {
+        return s;
+    }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
         size_t keep = coll_rows ? n : rows;
         for (size_t i = 0; i < keep; i++) {
@@ -1055,6 +1078,10 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
         if (have_pairs) {
             /* The batch diagonal goes to dir (free until phase 2), then is folded in. */
             ekfac_batch_diag(l, qa, qg, l->dir, tmp);
+            if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
+                return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layer %zu: the EKFAC diagonal of "
+                                "this batch overflows", i);
+            }
             pl->ws = fold_s(nel, prior, w_prior, l->dir, l->s_next, decay);
             pl->s_update = 1;
         }
@@ -1156,8 +1183,12 @@ static size_t batch_work_bytes(const kf_optimizer *opt, size_t n)
     size_t need = 0;
     for (size_t i = 0; i < opt->n_layers; i++) {
         const kf_layer *l = &opt->layers[i];
-        size_t rows = n * l->p.shared;
-        size_t b = rows * (l->dim_a + l->p.out) * sizeof(float);
+        size_t rows, b;
+        /* SIZE_MAX on overflow: the allocation then fails cleanly with KF_ERR_OUT_OF_MEMORY. */
+        if (!kf__mul_size(n, l->p.shared, &rows) ||
+            !kf__mul_size(rows, (l->dim_a + l->p.out) * sizeof(float), &b)) {
+            return SIZE_MAX;
+        }
         need = b > need ? b : need;
     }
     return need;
@@ -1175,6 +1206,49 @@ static void drop_folded(kf_optimizer *opt, const plan *plans, size_t count)
             opt->layers[k].g.has_pending = 0;
         }
     }
+}
+
+/* Whether the commit of layer i would leave its parameters and moments finite: the commit's own
+ * arithmetic, evaluated without writing. */
+static int update_stays_finite(const kf_optimizer *opt, size_t i, const grad_source *g, float scale)
+{
+    const kf_layer *l = &opt->layers[i];
+    size_t out = l->p.out, in = l->p.in, da = l->dim_a;
+    const float *w = src_weight(g, i), *bias = src_bias(g, i);
+    size_t ldw = src_ld_weight(g, i);
+    float lr = opt->p.learning_rate, mu = opt->p.momentum, wd = opt->p.weight_decay;
+    int adam = l->p.algorithm == KF_ALGO_ADAM;
+    float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2, eps = opt->p.adam_epsilon;
+    double t_step = (double)(opt->step + 1);
+    float c1 = (float)(1.0 / (1.0 - pow((double)b1, t_step)));
+    float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
+    uint32_t bad = 0;
+    for (size_t r = 0; r < out; r++) {
+        for (size_t c = 0; c < da; c++) {
+            size_t k = r * da + c;
+            float u, m2 = 0.0f, v2 = 0.0f, p, np;
+            uint32_t bits[3];
+            if (adam) {
+                m2 = b1 * l->mom[k] + (1.0f - b1) * l->dir[k];
+                v2 = b2 * l->adam_v[k] + (1.0f - b2) * l->dir[k] * l->dir[k];
+                u = (m2 * c1) / (sqrtf(v2 * c2) + eps);
+            } else if (mu > 0.0f) {
+                m2 = mu * l->mom[k] + scale * l->dir[k];
+                u = m2;
+            } else {
+                u = scale * l->dir[k];
+            }
+            p = c < in ? w[r * ldw + c] : bias[r];
+            np = c < in ? p - lr * (u + wd * p) : p - lr * u;
+            memcpy(&bits[0], &np, 4);
+            memcpy(&bits[1], &m2, 4);
+            memcpy(&bits[2], &v2, 4);
+            bad |= (uint32_t)((bits[0] & 0x7f800000u) == 0x7f800000u) |
+                   (uint32_t)((bits[1] & 0x7f800000u) == 0x7f800000u) |
+                   (uint32_t)((bits[2] & 0x7f800000u) == 0x7f800000u);
+        }
+    }
+    return !bad;
 }
 
 static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_source *g,
@@ -1254,6 +1328,16 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         /* Ba et al. 2017; kfac-pytorch uses |<d, grad>| so that nu stays real. */
         double q = (double)opt->p.kl_clip / ((double)lr * (double)lr * fabs(dot_sum));
         nu = q < 1.0 ? (float)sqrt(q) : 1.0f;
+    }
+
+    /* The update itself can overflow from finite inputs (a huge gradient times the learning
+     * rate): computed once without writing, it must stay finite before anything is written. */
+    for (i = 0; i < opt->n_layers; i++) {
+        if (!update_stays_finite(opt, i, g, opt->layers[i].precond ? nu : 1.0f)) {
+            drop_folded(opt, plans, opt->n_layers);
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the update of layer %zu overflows "
+                            "(learning rate or gradients too large?)", fn, i);
+        }
     }
 
     /* Phase 3: commit. */

@@ -57,9 +57,16 @@ kf_status kf__eigenbasis_apply_ws(kf_errbuf *e, size_t out, size_t dim_a, const 
     if (!kf__all_finite(out, dim_a, t2, dim_a)) {
         return kf__fail(e, KF_ERR_NON_FINITE, "the preconditioned direction is not finite");
     }
-    /* Rotate back: D = Q_G T2 Q_A^T. */
+    /* Rotate back: D = Q_G T2 Q_A^T, into scratch first: the rotation of finite values can
+     * still overflow, and d must stay untouched then. */
     kf__gemm(0, 0, out, dim_a, out, 1.0f, q_g, ldqg, t2, dim_a, 0.0f, t1, dim_a);
-    kf__gemm(0, 1, out, dim_a, dim_a, 1.0f, t1, dim_a, q_a, ldqa, 0.0f, d, ldd);
+    kf__gemm(0, 1, out, dim_a, dim_a, 1.0f, t1, dim_a, q_a, ldqa, 0.0f, t2, dim_a);
+    if (!kf__all_finite(out, dim_a, t2, dim_a)) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "the preconditioned direction is not finite");
+    }
+    for (size_t i = 0; i < out; i++) {
+        memcpy(d + i * ldd, t2 + i * dim_a, dim_a * sizeof(float));
+    }
     return KF_OK;
 }
 
@@ -77,6 +84,20 @@ static kf_status check_vd(kf_errbuf *e, const char *fn, size_t out, size_t dim_a
     }
     if (!kf__all_finite(out, dim_a, v, ldv)) {
         return kf__fail(e, KF_ERR_NON_FINITE, "%s: v contains NaN or Inf", fn);
+    }
+    return KF_OK;
+}
+
+/* Copies a direction computed into scratch to d when it is finite; otherwise d stays untouched. */
+static kf_status finish_direction(kf_errbuf *e, const char *fn, size_t out, size_t dim_a,
+                                  const float *scratch, float *d, size_t ldd)
+{
+    if (!kf__all_finite(out, dim_a, scratch, dim_a)) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "%s: the direction overflows (increase the "
+                        "damping?)", fn);
+    }
+    for (size_t i = 0; i < out; i++) {
+        memcpy(d + i * ldd, scratch + i * dim_a, dim_a * sizeof(float));
     }
     return KF_OK;
 }
@@ -115,10 +136,15 @@ kf_status kf_kronecker_apply(kf_context *ctx, size_t out, size_t dim_a,
         (g_inv && !kf__all_finite(out, out, g_inv, ld_ginv))) {
         return kf__fail(&ctx->err, KF_ERR_NON_FINITE, "%s: an inverse contains NaN or Inf", fn);
     }
-    if (g_inv && !(ws = (float *)kf__ctx_work(ctx, out * dim_a * sizeof(float)))) {
+    /* Computed aside and copied only when finite: finite inputs can still overflow. */
+    if (!(ws = (float *)kf__ctx_work(ctx, 2 * KF_ALIGN_UP(out * dim_a * sizeof(float))))) {
         return kf__prefix(&ctx->err, KF_ERR_OUT_OF_MEMORY, fn);
     }
-    kf__kronecker_apply_ws(out, dim_a, v, ldv, g_inv, ld_ginv, a_inv, ld_ainv, d, ldd, ws);
+    kf__kronecker_apply_ws(out, dim_a, v, ldv, g_inv, ld_ginv, a_inv, ld_ainv, ws, dim_a,
+                           ws + KF_ALIGN_UP(out * dim_a * sizeof(float)) / sizeof(float));
+    if ((s = finish_direction(&ctx->err, fn, out, dim_a, ws, d, ldd)) != KF_OK) {
+        return s;
+    }
     kf__clear(&ctx->err);
     return KF_OK;
 }
@@ -130,7 +156,7 @@ kf_status kf_foof_direction(kf_context *ctx, size_t out, size_t dim_a,
 {
     static const char fn[] = "kf_foof_direction";
     unsigned char *cur;
-    float *a_inv;
+    float *a_inv, *dd;
     kf_status s;
     if (!ctx) {
         return KF_ERR_NULL_POINTER;
@@ -152,16 +178,21 @@ kf_status kf_foof_direction(kf_context *ctx, size_t out, size_t dim_a,
         return kf__fail(&ctx->err, KF_ERR_SHAPE, "%s: dim_a (%zu) is too large", fn, dim_a);
     }
     cur = (unsigned char *)kf__ctx_work(
-        ctx, KF_ALIGN_UP(dim_a * dim_a * sizeof(float)) + kf__inverse_scratch(dim_a));
+        ctx, KF_ALIGN_UP(dim_a * dim_a * sizeof(float)) + KF_ALIGN_UP(out * dim_a * sizeof(float)) +
+                 kf__inverse_scratch(dim_a));
     if (!cur) {
         return kf__prefix(&ctx->err, KF_ERR_OUT_OF_MEMORY, fn);
     }
     a_inv = (float *)kf__carve(&cur, dim_a * dim_a * sizeof(float));
+    dd = (float *)kf__carve(&cur, out * dim_a * sizeof(float));
     if ((s = kf__damped_inverse_ws(&ctx->err, dim_a, a, lda, damping, KF_PRECISION_DOUBLE, a_inv,
                                    dim_a, NULL, cur)) != KF_OK) {
         return kf__prefix(&ctx->err, s, fn);
     }
-    kf__kronecker_apply_ws(out, dim_a, v, ldv, NULL, 0, a_inv, dim_a, d, ldd, NULL);
+    kf__kronecker_apply_ws(out, dim_a, v, ldv, NULL, 0, a_inv, dim_a, dd, dim_a, NULL);
+    if ((s = finish_direction(&ctx->err, fn, out, dim_a, dd, d, ldd)) != KF_OK) {
+        return s;
+    }
     kf__clear(&ctx->err);
     return KF_OK;
 }
@@ -202,7 +233,7 @@ kf_status kf_kfac_direction(kf_context *ctx, size_t out, size_t dim_a,
 {
     static const char fn[] = "kf_kfac_direction";
     unsigned char *cur;
-    float *a_inv, *g_inv, *t, pi;
+    float *a_inv, *g_inv, *t, *dd, pi;
     double gamma;
     size_t big = dim_a > out ? dim_a : out;
     kf_status s;
@@ -214,7 +245,7 @@ kf_status kf_kfac_direction(kf_context *ctx, size_t out, size_t dim_a,
     }
     cur = (unsigned char *)kf__ctx_work(ctx, KF_ALIGN_UP(dim_a * dim_a * sizeof(float)) +
                                                  KF_ALIGN_UP(out * out * sizeof(float)) +
-                                                 KF_ALIGN_UP(out * dim_a * sizeof(float)) +
+                                                 2 * KF_ALIGN_UP(out * dim_a * sizeof(float)) +
                                                  kf__inverse_scratch(big));
     if (!cur) {
         return kf__prefix(&ctx->err, KF_ERR_OUT_OF_MEMORY, fn);
@@ -222,6 +253,7 @@ kf_status kf_kfac_direction(kf_context *ctx, size_t out, size_t dim_a,
     a_inv = (float *)kf__carve(&cur, dim_a * dim_a * sizeof(float));
     g_inv = (float *)kf__carve(&cur, out * out * sizeof(float));
     t = (float *)kf__carve(&cur, out * dim_a * sizeof(float));
+    dd = (float *)kf__carve(&cur, out * dim_a * sizeof(float));
     if (!kf__all_finite(dim_a, dim_a, a, lda) || !kf__all_finite(out, out, g, ldg)) {
         return kf__fail(&ctx->err, KF_ERR_NON_FINITE, "%s: a or g contains NaN or Inf", fn);
     }
@@ -233,7 +265,10 @@ kf_status kf_kfac_direction(kf_context *ctx, size_t out, size_t dim_a,
                                    KF_PRECISION_DOUBLE, g_inv, out, NULL, cur)) != KF_OK) {
         return kf__prefix(&ctx->err, s, fn);
     }
-    kf__kronecker_apply_ws(out, dim_a, v, ldv, g_inv, out, a_inv, dim_a, d, ldd, t);
+    kf__kronecker_apply_ws(out, dim_a, v, ldv, g_inv, out, a_inv, dim_a, dd, dim_a, t);
+    if ((s = finish_direction(&ctx->err, fn, out, dim_a, dd, d, ldd)) != KF_OK) {
+        return s;
+    }
     if (pi_used) {
         *pi_used = pi;
     }
@@ -338,7 +373,7 @@ size_t kf__context_reserve_bytes(size_t d, size_t rows)
     size_t sq = KF_ALIGN_UP(d * d * sizeof(float));
     size_t eig = kf__eig_scratch(d), app = kf__eigenbasis_scratch(d, d);
     size_t exact = 2 * sq + 2 * KF_ALIGN_UP(d * sizeof(float)) + (eig > app ? eig : app);
-    size_t kfac = 3 * sq + kf__inverse_scratch(d);
+    size_t kfac = 4 * sq + kf__inverse_scratch(d);
     size_t batch = KF_ALIGN_UP(rows * d * sizeof(float));
     size_t m = exact > kfac ? exact : kfac;
     return m > batch ? m : batch;

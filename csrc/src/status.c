@@ -51,18 +51,29 @@ int kf_has_blas(void)
 #endif
 }
 
+/* Every answer is a string literal: the library writes no global state at run time (a buffer
+ * filled on first use would be a data race between threads). */
+#if defined(KRONFAC_HAVE_BLAS)
+#define KF_BUILD_PREFIX "kronfac " KF_VERSION_STRING "; backend=openblas; linalg=lapack; simd="
+#else
+#define KF_BUILD_PREFIX "kronfac " KF_VERSION_STRING "; backend=portable; linalg=portable; simd="
+#endif
+
 const char *kf_build_info(void)
 {
-    /* Built once on first use; the inputs are compile-time constants, so concurrent first calls
-     * write identical bytes. */
-    static char info[160];
-    if (info[0] == '\0') {
-        char tmp[160];
-        snprintf(tmp, sizeof tmp, "kronfac %s; backend=%s; simd=%s; linalg=%s", KF_VERSION_STRING,
-                 kf__mat_backend(), kf__mat_simd(), kf__linalg_backend());
-        memcpy(info, tmp, sizeof info);
+    static const char *const names[] = {"openblas", "avx512f", "avx2+fma", "avx", "sse2",
+                                        "neon", "generic"};
+    static const char *const infos[] = {KF_BUILD_PREFIX "openblas", KF_BUILD_PREFIX "avx512f",
+                                        KF_BUILD_PREFIX "avx2+fma", KF_BUILD_PREFIX "avx",
+                                        KF_BUILD_PREFIX "sse2", KF_BUILD_PREFIX "neon",
+                                        KF_BUILD_PREFIX "generic"};
+    const char *simd = kf__mat_simd();
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(simd, names[i]) == 0) {
+            return infos[i];
+        }
     }
-    return info;
+    return KF_BUILD_PREFIX "other";
 }
 
 kf_status kf_blas_set_threads(int threads)
