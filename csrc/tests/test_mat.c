@@ -1,5 +1,7 @@
 /* Tests of the dense kernels (kf_gemm, kf_syrk, kf_scale, kf_axpby, kf_trace and the raw
- * kf__gemm / kf__dgemm) against naive double-precision loops, and of every error path. */
+ * kf__gemm / kf__dgemm) against naive double-precision loops, and of every error path. In the
+ * portable build, every kernel path this CPU runs (generic C, AVX2/FMA, AVX-512, NEON) is tested
+ * on its own through the kf__gemm_on / kf__syrk_on hooks. */
 #include "kf_test.h"
 #include "kf_mat.h"
 
@@ -105,8 +107,14 @@ static int mentions(const char *msg, const char *word)
 
 /* ---- gemm ------------------------------------------------------------------------------------- */
 
-static void run_gemm_case(kf_context *ctx, kf_rng *rng, int ta, int tb, size_t m, size_t n,
-                          size_t k, float alpha, float beta, size_t pad)
+/* Hook for the per-path tests: path < 0 calls the public kf_gemm / kf_syrk, path >= 0 the raw
+ * kernel forced onto that path (portable build only). */
+#if !defined(KRONFAC_HAVE_BLAS)
+#define KF_HAVE_PATHS 1
+#endif
+
+static void run_gemm_case(kf_context *ctx, kf_rng *rng, int path, int ta, int tb, size_t m,
+                          size_t n, size_t k, float alpha, float beta, size_t pad)
 {
     /* Stored shapes with padding columns. */
     size_t a_rows = ta ? k : m, a_cols = ta ? m : k;
@@ -152,12 +160,19 @@ static void run_gemm_case(kf_context *ctx, kf_rng *rng, int ta, int tb, size_t m
         }
     }
 
-    snprintf(what, sizeof what, "kf_gemm ta=%d tb=%d m=%zu n=%zu k=%zu alpha=%g beta=%g pad=%zu",
-             ta, tb, m, n, k, (double)alpha, (double)beta, pad);
-    CHECK_STATUS(kf_gemm(ctx, ta ? KF_TRANS : KF_NO_TRANS, tb ? KF_TRANS : KF_NO_TRANS, m, n, k,
-                         alpha, a, lda, b, ldb, beta, c, ldc),
-                 KF_OK);
-    CHECK(kf_context_last_error(ctx)[0] == '\0');
+    snprintf(what, sizeof what,
+             "kf_gemm path=%d ta=%d tb=%d m=%zu n=%zu k=%zu alpha=%g beta=%g pad=%zu", path, ta, tb,
+             m, n, k, (double)alpha, (double)beta, pad);
+    if (path < 0) {
+        CHECK_STATUS(kf_gemm(ctx, ta ? KF_TRANS : KF_NO_TRANS, tb ? KF_TRANS : KF_NO_TRANS, m, n,
+                             k, alpha, a, lda, b, ldb, beta, c, ldc),
+                     KF_OK);
+        CHECK(kf_context_last_error(ctx)[0] == '\0');
+    } else {
+#if defined(KF_HAVE_PATHS)
+        kf__gemm_on(path, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#endif
+    }
     close_mag(what, m, n, c, ldc, want, mag, gemm_rel(k));
     if (beta == 0.0f) {
         CHECK(all_finite(m, n, c, ldc));
@@ -188,15 +203,15 @@ static void test_gemm(kf_context *ctx, kf_rng *rng)
             for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
                 for (size_t v = 0; v < sizeof ab / sizeof ab[0]; v++) {
                     size_t pad = (s + v) % 3 == 0 ? 0 : (s + v) % 3 == 1 ? 3 : 17;
-                    run_gemm_case(ctx, rng, ta, tb, shapes[s][0], shapes[s][1], shapes[s][2],
-                                  ab[v][0], ab[v][1], pad);
+                    run_gemm_case(ctx, rng, -1, ta, tb, shapes[s][0], shapes[s][1],
+                                  shapes[s][2], ab[v][0], ab[v][1], pad);
                 }
             }
             /* A larger product crossing every block boundary. */
-            run_gemm_case(ctx, rng, ta, tb, 300, 257, 190, 0.5f, ta == tb ? 0.0f : 1.0f, 5);
+            run_gemm_case(ctx, rng, -1, ta, tb, 300, 257, 190, 0.5f, ta == tb ? 0.0f : 1.0f, 5);
             /* k = 0: C = beta C, and beta = 0 clears a NaN-filled C. */
-            run_gemm_case(ctx, rng, ta, tb, 5, 9, 0, 1.0f, 0.0f, 2);
-            run_gemm_case(ctx, rng, ta, tb, 9, 5, 0, 2.0f, -3.0f, 0);
+            run_gemm_case(ctx, rng, -1, ta, tb, 5, 9, 0, 1.0f, 0.0f, 2);
+            run_gemm_case(ctx, rng, -1, ta, tb, 9, 5, 0, 2.0f, -3.0f, 0);
         }
     }
 }
@@ -269,8 +284,8 @@ static void test_dgemm(kf_rng *rng)
 
 /* ---- syrk ------------------------------------------------------------------------------------- */
 
-static void run_syrk_case(kf_context *ctx, kf_rng *rng, size_t k, size_t n, float alpha,
-                          float beta, size_t pad)
+static void run_syrk_case(kf_context *ctx, kf_rng *rng, int path, size_t k, size_t n,
+                          float alpha, float beta, size_t pad)
 {
     size_t ldx = n + pad, ldc = n + (pad ? pad + 1 : 0);
     float *x = kf_test_xmalloc((k ? k : 1) * ldx * sizeof(float));
@@ -311,10 +326,16 @@ static void run_syrk_case(kf_context *ctx, kf_rng *rng, size_t k, size_t n, floa
         }
     }
 
-    snprintf(what, sizeof what, "kf_syrk k=%zu n=%zu alpha=%g beta=%g pad=%zu", k, n,
-             (double)alpha, (double)beta, pad);
-    CHECK_STATUS(kf_syrk(ctx, k, n, alpha, x, ldx, beta, c, ldc), KF_OK);
-    CHECK(kf_context_last_error(ctx)[0] == '\0');
+    snprintf(what, sizeof what, "kf_syrk path=%d k=%zu n=%zu alpha=%g beta=%g pad=%zu", path, k,
+             n, (double)alpha, (double)beta, pad);
+    if (path < 0) {
+        CHECK_STATUS(kf_syrk(ctx, k, n, alpha, x, ldx, beta, c, ldc), KF_OK);
+        CHECK(kf_context_last_error(ctx)[0] == '\0');
+    } else {
+#if defined(KF_HAVE_PATHS)
+        kf__syrk_on(path, k, n, alpha, x, ldx, beta, c, ldc);
+#endif
+    }
     close_mag(what, n, n, c, ldc, want, mag, gemm_rel(k));
     for (size_t i = 0; i < n; i++) {
         for (size_t j = 0; j < i; j++) {
@@ -348,13 +369,103 @@ static void test_syrk(kf_context *ctx, kf_rng *rng)
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
         for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
             for (size_t v = 0; v < sizeof ab / sizeof ab[0]; v++) {
-                run_syrk_case(ctx, rng, ks[j], ns[i], ab[v][0], ab[v][1], (i + j + v) % 3 * 4);
+                run_syrk_case(ctx, rng, -1, ks[j], ns[i], ab[v][0], ab[v][1], (i + j + v) % 3 * 4);
             }
         }
     }
-    run_syrk_case(ctx, rng, 300, 257, 1.0f / 300.0f, 0.0f, 3);
-    run_syrk_case(ctx, rng, 190, 300, 0.5f, 0.5f, 0);
+    run_syrk_case(ctx, rng, -1, 300, 257, 1.0f / 300.0f, 0.0f, 3);
+    run_syrk_case(ctx, rng, -1, 190, 300, 0.5f, 0.5f, 0);
 }
+
+/* ---- every kernel path ------------------------------------------------------------------------ */
+
+#if defined(KF_HAVE_PATHS)
+/* GEMM and SYRK on each path this CPU runs, whichever the dispatcher would pick. The shapes sit
+ * around every path's register tile (generic 8 x 8 or 8 x 16, AVX2 6 x 16, AVX-512 12 x 32, NEON
+ * 8 x 12) and cache blocks (kc 128, nc 240 / 256): exact multiples, one less, one more, several
+ * blocks. */
+static void test_paths(kf_context *ctx, kf_rng *rng)
+{
+    static const size_t shapes[][3] = {
+        {1, 1, 1},      {6, 16, 1},      {12, 32, 128},  {11, 31, 127},  {13, 33, 129},
+        {14, 32, 256},  {8, 12, 7},      {29, 65, 300},  {43, 257, 37},  {100, 130, 64},
+        {130, 260, 258}, {25, 513, 20},  {2, 300, 513},  {300, 2, 40},
+    };
+    static const float ab[][2] = {{1.0f, 0.0f}, {-0.5f, 2.0f}, {0.75f, -0.25f}, {1.5f, 1.0f}};
+    static const size_t sn[] = {1, 13, 14, 15, 33, 129, 200};
+    static const size_t sk[] = {0, 1, 7, 256, 300};
+    int tested = 0;
+    for (int path = 0; path < KF__PATHS; path++) {
+        const char *name = kf__mat_path(path);
+        if (!name) {
+            continue; /* not compiled in, or this CPU lacks it */
+        }
+        CHECK(name[0] != '\0');
+        tested++;
+        for (int ta = 0; ta < 2; ta++) {
+            for (int tb = 0; tb < 2; tb++) {
+                for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                    size_t v = (s + (size_t)(2 * ta + tb)) % 4;
+                    size_t pad = s % 3 == 0 ? 0 : s % 3 == 1 ? 3 : 17;
+                    run_gemm_case(ctx, rng, path, ta, tb, shapes[s][0], shapes[s][1],
+                                  shapes[s][2], ab[v][0], ab[v][1], pad);
+                }
+                run_gemm_case(ctx, rng, path, ta, tb, 7, 9, 0, 1.0f, 0.0f, 1);
+                run_gemm_case(ctx, rng, path, ta, tb, 9, 7, 0, 2.0f, -3.0f, 0);
+            }
+        }
+        for (size_t i = 0; i < sizeof sn / sizeof sn[0]; i++) {
+            for (size_t j = 0; j < sizeof sk / sizeof sk[0]; j++) {
+                size_t v = (i + j) % 4;
+                run_syrk_case(ctx, rng, path, sk[j], sn[i], ab[v][0], ab[v][1], (i + j) % 3 * 4);
+            }
+        }
+    }
+    CHECK(tested >= 1 && kf__mat_path(KF__PATH_GENERIC) != NULL);
+    fprintf(stderr, "test_mat: %d kernel path(s) tested:", tested);
+    for (int path = 0; path < KF__PATHS; path++) {
+        if (kf__mat_path(path)) {
+            fprintf(stderr, " %s", kf__mat_path(path));
+        }
+    }
+    fprintf(stderr, "; in use: %s\n", kf__mat_simd());
+}
+
+/* kf__mat_simd() names the path the dispatcher uses: the best one available, and kf__gemm's
+ * result is bit for bit that of kf__gemm_on that path. */
+static void test_dispatch(kf_rng *rng)
+{
+    static const int preference[] = {KF__PATH_AVX512, KF__PATH_AVX2, KF__PATH_NEON,
+                                     KF__PATH_GENERIC};
+    enum { M = 37, N = 45, K = 300 };
+    int best = KF__PATH_GENERIC;
+    float *a = kf_test_xmalloc(M * K * sizeof(float));
+    float *b = kf_test_xmalloc(K * N * sizeof(float));
+    float *c1 = kf_test_xmalloc(M * N * sizeof(float));
+    float *c2 = kf_test_xmalloc(M * N * sizeof(float));
+    for (size_t i = 0; i < sizeof preference / sizeof preference[0]; i++) {
+        if (kf__mat_path(preference[i])) {
+            best = preference[i];
+            break;
+        }
+    }
+    CHECK(strcmp(kf__mat_simd(), kf__mat_path(best)) == 0);
+    kf_rng_fill(rng, a, M * K);
+    kf_rng_fill(rng, b, K * N);
+    kf__gemm(0, 0, M, N, K, 0.5f, a, K, b, N, 0.0f, c1, N);
+    kf__gemm_on(best, 0, 0, M, N, K, 0.5f, a, K, b, N, 0.0f, c2, N);
+    CHECK(memcmp(c1, c2, M * N * sizeof(float)) == 0);
+    /* An unknown path falls back to the generic one. */
+    CHECK(kf__mat_path(-1) == NULL && kf__mat_path(KF__PATHS) == NULL);
+    kf__gemm_on(KF__PATHS, 0, 0, M, N, K, 0.5f, a, K, b, N, 0.0f, c1, N);
+    kf__gemm_on(KF__PATH_GENERIC, 0, 0, M, N, K, 0.5f, a, K, b, N, 0.0f, c2, N);
+    CHECK(memcmp(c1, c2, M * N * sizeof(float)) == 0);
+    free(a);
+    free(b);
+    free(c1);
+    free(c2);
+}
+#endif
 
 /* ---- scale, axpby, trace ---------------------------------------------------------------------- */
 
@@ -650,6 +761,10 @@ int main(void)
     test_gemm(ctx, &rng);
     test_dgemm(&rng);
     test_syrk(ctx, &rng);
+#if defined(KF_HAVE_PATHS)
+    test_paths(ctx, &rng);
+    test_dispatch(&rng);
+#endif
     test_scale_axpby_trace(ctx, &rng);
     test_errors(ctx);
 

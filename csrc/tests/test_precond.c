@@ -365,7 +365,8 @@ static void test_foof(kf_context *ctx, kf_rng *rng)
                     for (size_t i = 0; i < n * m; i++) {
                         err = fmax(err, fabs(dd[i] - pinv[i]));
                     }
-                    CHECK(err < err_prev);
+                    /* Shrinks with lambda down to float rounding, about eps / lambda. */
+                    CHECK(err < err_prev || err < 2e-3);
                     err_prev = err;
                 }
                 CHECK(err_prev < 2e-3);
