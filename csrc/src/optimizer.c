@@ -573,6 +573,28 @@ static kf_status check_layer_index(kf_optimizer *opt, const char *fn, size_t lay
     return KF_OK;
 }
 
+/* The checks both observations share: the layer exists and its n * R rows at `data` (ldd apart;
+ * `in` wide for activations, `out` wide for gradients) are a valid matrix. *rows receives n * R. */
+static kf_status check_observation(kf_optimizer *opt, const char *fn, size_t layer, size_t n,
+                                   const float *data, size_t ldd, int gradients, size_t *rows)
+{
+    const char *name = gradients ? "g" : "x";
+    size_t width;
+    kf_status s;
+    if ((s = check_layer_index(opt, fn, layer)) != KF_OK) {
+        return s;
+    }
+    width = gradients ? opt->layers[layer].p.out : opt->layers[layer].p.in;
+    if (n == 0 || !kf__mul_size(n, opt->layers[layer].p.shared, rows)) {
+        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n (%zu) must be >= 1 and n * R must not "
+                        "overflow", fn, n);
+    }
+    if ((s = kf__check_mat(&opt->err, data, *rows, width, ldd, name)) != KF_OK) {
+        return kf__prefix(&opt->err, s, fn);
+    }
+    return KF_OK;
+}
+
 kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size_t n,
                                            const float *x, size_t ldx)
 {
@@ -584,19 +606,12 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     if (!opt) {
         return KF_ERR_NULL_POINTER;
     }
-    if ((s = check_layer_index(opt, fn, layer)) != KF_OK) {
+    if ((s = check_observation(opt, fn, layer, n, x, ldx, 0, &rows)) != KF_OK) {
         return s;
     }
     l = &opt->layers[layer];
     in = l->p.in;
     r = l->p.shared;
-    if (n == 0 || !kf__mul_size(n, r, &rows)) {
-        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n (%zu) must be >= 1 and n * R must not "
-                        "overflow", fn, n);
-    }
-    if ((s = kf__check_mat(&opt->err, x, rows, in, ldx, "x")) != KF_OK) {
-        return kf__prefix(&opt->err, s, fn);
-    }
     if (!l->precond || !stats_due(opt)) {
         kf__clear(&opt->err);
         return KF_OK;
@@ -660,19 +675,12 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     if (!opt) {
         return KF_ERR_NULL_POINTER;
     }
-    if ((s = check_layer_index(opt, fn, layer)) != KF_OK) {
+    if ((s = check_observation(opt, fn, layer, n, g, ldg, 1, &rows)) != KF_OK) {
         return s;
     }
     l = &opt->layers[layer];
     out = l->p.out;
     r = l->p.shared;
-    if (n == 0 || !kf__mul_size(n, r, &rows)) {
-        return kf__fail(&opt->err, KF_ERR_SHAPE, "%s: n (%zu) must be >= 1 and n * R must not "
-                        "overflow", fn, n);
-    }
-    if ((s = kf__check_mat(&opt->err, g, rows, out, ldg, "g")) != KF_OK) {
-        return kf__prefix(&opt->err, s, fn);
-    }
     if (!isfinite(scale) || scale == 0.0f) {
         return kf__fail(&opt->err, KF_ERR_INVALID_ARGUMENT, "%s: scale (%g) must be finite and "
                         "non-zero", fn, (double)scale);
