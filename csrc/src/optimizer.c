@@ -1216,6 +1216,14 @@ static void drop_folded(kf_optimizer *opt, const plan *plans, size_t count)
     }
 }
 
+/* Moments of weights whose gradient is exactly zero (dead units, always-zero inputs) decay
+ * geometrically into subnormal floats, which x86 processes about a hundred times slower; below
+ * FLT_MIN they are worth nothing to the update, so they become 0. */
+static float flush_subnormal(float x)
+{
+    return fabsf(x) < 1.17549435e-38f ? 0.0f : x;
+}
+
 /* Whether the commit of layer i would leave its parameters and moments finite: the commit's own
  * arithmetic, evaluated without writing. */
 static int update_stays_finite(const kf_optimizer *opt, size_t i, const grad_source *g, float scale)
@@ -1367,14 +1375,14 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
             float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
             for (size_t k = 0; k < nel; k++) {
                 float gk = l->dir[k];
-                l->mom[k] = b1 * l->mom[k] + (1.0f - b1) * gk;
-                l->adam_v[k] = b2 * l->adam_v[k] + (1.0f - b2) * gk * gk;
+                l->mom[k] = flush_subnormal(b1 * l->mom[k] + (1.0f - b1) * gk);
+                l->adam_v[k] = flush_subnormal(b2 * l->adam_v[k] + (1.0f - b2) * gk * gk);
                 l->dir[k] = (l->mom[k] * c1) / (sqrtf(l->adam_v[k] * c2) + eps);
             }
             us = 1.0f;
         } else if (mu > 0.0f) {
             for (size_t k = 0; k < nel; k++) {
-                l->mom[k] = mu * l->mom[k] + scale * l->dir[k];
+                l->mom[k] = flush_subnormal(mu * l->mom[k] + scale * l->dir[k]);
             }
             upd = l->mom;
             us = 1.0f;
