@@ -63,14 +63,30 @@ public final class Dense: Layer {
     public private(set) var weight: Tensor
     /// The bias, `[outputSize]`, or nil.
     public private(set) var bias: Tensor?
-    /// The gradient of the batch-mean loss with respect to `weight`, from the last gradient pass.
-    public private(set) var weightGradient: Tensor
+    /// The gradient of the batch-mean loss with respect to `weight`, from the last gradient pass
+    /// (zero before the first).
+    ///
+    /// Formed on first access: the optimizers take the layer's inputs and output gradients
+    /// instead (the weight gradient is their product), which is cheaper than forming it.
+    public var weightGradient: Tensor {
+        materializeGradients()
+        return weightGradientStorage
+    }
     /// The gradient of the batch-mean loss with respect to `bias`, from the last gradient pass.
-    public private(set) var biasGradient: Tensor?
+    public var biasGradient: Tensor? {
+        materializeGradients()
+        return biasGradientStorage
+    }
+    private var weightGradientStorage: Tensor
+    private var biasGradientStorage: Tensor?
+    /// Whether the storage above is older than the last gradient pass.
+    private var gradientsPending = false
 
     // What the optimizer observes: the inputs of the last forward pass and the per-example output
-    // gradients of each pass, tagged with the forward pass they belong to.
+    // gradients of each pass, tagged with the forward pass they belong to. `gradientInput` is the
+    // input of the last gradient pass (a later forward pass replaces `lastInput`, not it).
     private(set) var lastInput: Tensor?
+    private(set) var gradientInput: Tensor?
     private(set) var lastOutputGradient: Tensor?
     private(set) var lastCurvatureGradient: Tensor?
     private(set) var forwardCount: UInt64 = 0
@@ -100,8 +116,8 @@ public final class Dense: Layer {
         self.initialization = initialization
         self.weight = Tensor(shape: [outputSize, inputSize])
         self.bias = bias ? Tensor(shape: [outputSize]) : nil
-        self.weightGradient = Tensor(shape: [outputSize, inputSize])
-        self.biasGradient = bias ? Tensor(shape: [outputSize]) : nil
+        self.weightGradientStorage = Tensor(shape: [outputSize, inputSize])
+        self.biasGradientStorage = bias ? Tensor(shape: [outputSize]) : nil
         initialize(seed: seed)
     }
 
@@ -162,6 +178,54 @@ public final class Dense: Layer {
         return ones
     }
 
+    /// Forms the parameter gradients of the last gradient pass: dW = (1/n) G^T X, db = (1/n) G^T 1.
+    private func materializeGradients() {
+        guard gradientsPending, let input = gradientInput, let g = lastOutputGradient else { return }
+        gradientsPending = false
+        let n = input.rowCount, out = outputSize, inp = inputSize
+        let scale = 1 / Float(n)
+        var dw = weightGradientStorage
+        var db = biasGradientStorage
+        let formed: Bool = (try? {
+            let context = try self.context
+            try g.withUnsafeBufferPointer { gp in
+                try input.withUnsafeBufferPointer { x in
+                    try dw.withUnsafeMutableBufferPointer { w in
+                        try context.gemm(transposeA: true, transposeB: false, m: out, n: inp, k: n,
+                                         alpha: scale, a: gp.baseAddress!, lda: out, b: x.baseAddress!, ldb: inp,
+                                         beta: 0, c: w.baseAddress!, ldc: inp)
+                    }
+                }
+            }
+            return true
+        }()) ?? false
+        if !formed {
+            // The kernel only fails without memory for its context; the plain sum needs none.
+            dw.withUnsafeMutableBufferPointer { w in
+                for o in 0..<out {
+                    for i in 0..<inp {
+                        var sum: Float = 0
+                        for r in 0..<n { sum += g.scalars[r * out + o] * input.scalars[r * inp + i] }
+                        w[o * inp + i] = scale * sum
+                    }
+                }
+            }
+        }
+        if db != nil {
+            db!.withUnsafeMutableBufferPointer { b in
+                g.withUnsafeBufferPointer { gp in
+                    for o in 0..<out {
+                        var sum: Float = 0
+                        for r in 0..<n { sum += gp[r * out + o] }
+                        b[o] = scale * sum
+                    }
+                }
+            }
+        }
+        weightGradientStorage = dw
+        biasGradientStorage = db
+    }
+
     public func forward(_ input: Tensor) throws -> Tensor {
         let n = try checkBatch(input, columns: inputSize, role: "Dense(\(inputSize), \(outputSize)) input")
         let context = try self.context
@@ -211,33 +275,11 @@ public final class Dense: Layer {
         let context = try self.context
         let out = outputSize, inp = inputSize
         if pass == .gradient {
-            // Mean over the batch: dW = (1/n) G^T X, db = (1/n) G^T 1.
-            let scale = 1 / Float(n)
-            var newWeightGradient = weightGradient
-            var newBiasGradient = biasGradient
-            try outputGradient.withUnsafeBufferPointer { g in
-                try input.withUnsafeBufferPointer { x in
-                    try newWeightGradient.withUnsafeMutableBufferPointer { dw in
-                        try context.gemm(transposeA: true, transposeB: false, m: out, n: inp, k: n,
-                                         alpha: scale, a: g.baseAddress!, lda: out, b: x.baseAddress!, ldb: inp,
-                                         beta: 0, c: dw.baseAddress!, ldc: inp)
-                    }
-                }
-                if newBiasGradient != nil {
-                    let ones = onesColumn(n)
-                    try ones.withUnsafeBufferPointer { o in
-                        try newBiasGradient!.withUnsafeMutableBufferPointer { db in
-                            try context.gemm(transposeA: false, transposeB: false, m: 1, n: out, k: n,
-                                             alpha: scale, a: o.baseAddress!, lda: n, b: g.baseAddress!, ldb: out,
-                                             beta: 0, c: db.baseAddress!, ldc: out)
-                        }
-                    }
-                }
-            }
-            weightGradient = newWeightGradient
-            biasGradient = newBiasGradient
+            // The parameter gradients are formed lazily (see `weightGradient`).
+            gradientInput = input
             lastOutputGradient = outputGradient
             outputGradientForward = forwardCount
+            gradientsPending = true
         } else {
             lastCurvatureGradient = outputGradient
             curvatureGradientForward = forwardCount
@@ -258,21 +300,32 @@ public final class Dense: Layer {
     /// The number of trainable scalars.
     public var parameterCount: Int { inputSize * outputSize + (hasBias ? outputSize : 0) }
 
-    // Internal access for the optimizer, which updates the parameters in place.
-    func withParameterPointers<R>(
-        _ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?,
-                 UnsafePointer<Float>, UnsafePointer<Float>?) throws -> R
-    ) rethrows -> R {
-        try weight.withUnsafeMutableBufferPointer { w in
-            try weightGradient.withUnsafeBufferPointer { dw in
-                if bias != nil {
-                    return try bias!.withUnsafeMutableBufferPointer { b in
-                        try biasGradient!.withUnsafeBufferPointer { db in
-                            try body(w.baseAddress!, b.baseAddress!, dw.baseAddress!, db.baseAddress!)
+    /// Calls `body` with the parameters (the optimizer updates them in place) and the batch of the
+    /// last gradient pass: its `rows` inputs `x` and the output gradients of the batch-mean loss
+    /// `gs = G / rows`, whose product `gs^T [x 1]` is the parameter gradient.
+    func withStepBatch<R>(
+        _ body: (_ weight: UnsafeMutablePointer<Float>, _ bias: UnsafeMutablePointer<Float>?,
+                 _ x: UnsafePointer<Float>, _ gs: UnsafePointer<Float>, _ rows: Int) throws -> R
+    ) throws -> R {
+        guard let input = gradientInput, let g = lastOutputGradient else {
+            throw KronfacError(.state, "Dense(\(inputSize), \(outputSize)) has no gradient pass")
+        }
+        let rows = input.rowCount
+        let scale = 1 / Float(rows)
+        var gs = g
+        gs.withUnsafeMutableBufferPointer { buffer in
+            for i in buffer.indices { buffer[i] *= scale }
+        }
+        return try weight.withUnsafeMutableBufferPointer { w in
+            try input.withUnsafeBufferPointer { x in
+                try gs.withUnsafeBufferPointer { gsp in
+                    if bias != nil {
+                        return try bias!.withUnsafeMutableBufferPointer { b in
+                            try body(w.baseAddress!, b.baseAddress!, x.baseAddress!, gsp.baseAddress!, rows)
                         }
                     }
+                    return try body(w.baseAddress!, nil, x.baseAddress!, gsp.baseAddress!, rows)
                 }
-                return try body(w.baseAddress!, nil, dw.baseAddress!, nil)
             }
         }
     }
@@ -285,6 +338,8 @@ public final class Dense: Layer {
 
     /// Drops what the last passes recorded (so a stale observation cannot be reused).
     func forgetPasses() {
+        materializeGradients()
+        gradientInput = nil
         lastInput = nil
         lastOutputGradient = nil
         lastCurvatureGradient = nil

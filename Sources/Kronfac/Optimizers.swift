@@ -94,6 +94,13 @@ public class Optimizer {
         return (UInt32(statistics), UInt32(inverse))
     }
 
+    static func subsample(_ count: Int) throws -> UInt32 {
+        guard count >= 0, count <= Int(UInt32.max) else {
+            throw KronfacError(.invalidArgument, "statisticsSubsample = \(count) must be >= 0 (0 = off)")
+        }
+        return UInt32(count)
+    }
+
     static func defaults(_ algorithm: kf_algorithm) -> kf_optimizer_params {
         var p = kf_optimizer_params()
         _ = kf_optimizer_params_init(&p, algorithm)
@@ -229,6 +236,11 @@ public class Optimizer {
                         + "(backward(v, pass: .curvature) with sampled-target vectors)")
             }
         }
+        // One batch size for the whole step (checked before anything is handed to the core).
+        let rows = layers[0].gradientInput?.rowCount ?? 0
+        for (index, layer) in layers.enumerated() where layer.gradientInput?.rowCount != rows {
+            throw KronfacError(.shape, "dense layer \(index) saw another batch size than layer 0 in its last pass")
+        }
         if statistics {
             for (index, layer) in layers.enumerated() {
                 let input = layer.lastInput!
@@ -244,25 +256,27 @@ public class Optimizer {
                 }
             }
         }
-        var tensors: [kf_layer_tensors] = []
-        tensors.reserveCapacity(layers.count)
-        try Optimizer.withLayerTensors(layers[...], &tensors) { all in
-            try handle.check(kf_optimizer_step(handle.raw, all, all.count))
+        // The batch form of the step: the gradient is exactly gs^T [x 1], so FOOF and K-FAC can
+        // skip forming it (DESIGN.md section 8), and the backward pass need not form it either.
+        var batches: [kf_layer_batch] = []
+        batches.reserveCapacity(layers.count)
+        try Optimizer.withLayerBatches(layers[...], &batches) { all in
+            try handle.check(kf_optimizer_step_batch(handle.raw, rows, all, all.count))
         }
         for layer in layers { layer.updatedForward = layer.forwardCount }
     }
 
     /// Collects every layer's pointers (each valid only inside its closure) before calling body.
-    private static func withLayerTensors(
-        _ layers: ArraySlice<Dense>, _ tensors: inout [kf_layer_tensors],
-        _ body: ([kf_layer_tensors]) throws -> Void
+    private static func withLayerBatches(
+        _ layers: ArraySlice<Dense>, _ batches: inout [kf_layer_batch],
+        _ body: ([kf_layer_batch]) throws -> Void
     ) throws {
-        guard let layer = layers.first else { return try body(tensors) }
-        try layer.withParameterPointers { w, b, dw, db in
-            tensors.append(kf_layer_tensors(
+        guard let layer = layers.first else { return try body(batches) }
+        try layer.withStepBatch { w, b, x, gs, _ in
+            batches.append(kf_layer_batch(
                 weight: w, ld_weight: layer.inputSize, bias: b,
-                grad_weight: dw, ld_grad_weight: layer.inputSize, grad_bias: db))
-            try withLayerTensors(layers.dropFirst(), &tensors, body)
+                x: x, ldx: layer.inputSize, gs: gs, ldgs: layer.outputSize))
+            try withLayerBatches(layers.dropFirst(), &batches, body)
         }
     }
 
@@ -330,13 +344,17 @@ public final class Adam: Optimizer {
 /// FOOF (Benzing 2022): the gradient times `(A + damping I)^-1`, with `A` the moving average of
 /// the layer inputs' second moment. Needs only the forward pass's activations.
 /// Defaults: learning rate 0.3, damping 0.3, no momentum, inverses every 20 steps.
+/// With `statisticsSubsample` S in 1..<inverseInterval, statistics are taken only on step 0 and
+/// the S steps before each refresh (Benzing 2022, section 4.1); `kronfac train` uses T = 100, S = 10.
 public final class FOOF: Optimizer {
     public init(
         learningRate: Float = 0.3, damping: Float = 0.3, momentum: Float = 0, weightDecay: Float = 0,
-        factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0
+        factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0,
+        statisticsSubsample: Int = 0
     ) throws {
         var p = Optimizer.defaults(KF_ALGO_FOOF)
         (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
+        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
         p.learning_rate = learningRate
         p.damping = damping
         p.momentum = momentum
@@ -350,15 +368,17 @@ public final class FOOF: Optimizer {
 /// K-FAC (Martens & Grosse 2015): `(G + (gamma/pi) I)^-1 grad (A + pi gamma I)^-1` with
 /// `gamma = sqrt(damping)`; or, with `exactDamping`, `(A (x) G + damping I)^-1 grad` through
 /// eigendecompositions. `G` comes from the curvature pass (`fisher`, one sampled target per
-/// example by default). Defaults: learning rate 0.1, damping 0.1, no momentum, inverses every 20 steps.
+/// example by default). Defaults: learning rate 0.1, damping 0.1, no momentum, inverses every 20 steps;
+/// `statisticsSubsample` as for `FOOF` (it also skips the curvature pass on the other steps).
 public final class KFAC: Optimizer {
     public init(
         learningRate: Float = 0.1, damping: Float = 0.1, momentum: Float = 0, weightDecay: Float = 0,
         factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0,
-        fisher: FisherType = .sampled, exactDamping: Bool = false
+        fisher: FisherType = .sampled, exactDamping: Bool = false, statisticsSubsample: Int = 0
     ) throws {
         var p = Optimizer.defaults(exactDamping ? KF_ALGO_KFAC_EXACT_DAMPING : KF_ALGO_KFAC)
         (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
+        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
         p.learning_rate = learningRate
         p.damping = damping
         p.momentum = momentum
@@ -374,10 +394,11 @@ public final class EKFAC: Optimizer {
     public init(
         learningRate: Float = 0.1, damping: Float = 0.1, momentum: Float = 0, weightDecay: Float = 0,
         factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0,
-        fisher: FisherType = .sampled
+        fisher: FisherType = .sampled, statisticsSubsample: Int = 0
     ) throws {
         var p = Optimizer.defaults(KF_ALGO_EKFAC)
         (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
+        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
         p.learning_rate = learningRate
         p.damping = damping
         p.momentum = momentum

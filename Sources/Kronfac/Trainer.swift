@@ -96,6 +96,20 @@ public final class Trainer {
         return generator.permutation(of: count)
     }
 
+    /// The training data last checked whole, held so that its storage cannot change (a caller's
+    /// mutation copies it): `fit` called again on the same data skips the scan.
+    private var checkedData: Dataset?
+
+    private func isChecked(_ data: Dataset) -> Bool {
+        guard let checked = checkedData else { return false }
+        func same(_ a: Tensor, _ b: Tensor) -> Bool {
+            a.shape == b.shape && a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in pa.baseAddress == pb.baseAddress }
+            }
+        }
+        return same(checked.inputs, data.inputs) && same(checked.targets, data.targets)
+    }
+
     private func checkData(_ data: Dataset, role: String) throws {
         guard data.inputs.isFinite else { throw KronfacError(.nonFinite, "the \(role) inputs contain NaN or infinity") }
         guard data.targets.isFinite else { throw KronfacError(.nonFinite, "the \(role) targets contain NaN or infinity") }
@@ -140,7 +154,10 @@ public final class Trainer {
         if let reportEvery, reportEvery < 1 {
             throw KronfacError(.invalidArgument, "reportEvery = \(reportEvery) must be >= 1")
         }
-        try checkData(data, role: "training")
+        if !isChecked(data) {
+            try checkData(data, role: "training")
+            checkedData = data
+        }
         if let validation { try checkData(validation, role: "validation") }
         if exampleCount == 0 {
             exampleCount = data.count

@@ -25,3 +25,21 @@ func readmeExampleRuns() throws {
     // Well below the mean-image plateau (about 176) after 60 K-FAC steps.
     #expect(try trainer.evaluate(test) < 170)
 }
+
+// The README's Fashion-MNIST example, line for line but for the number of steps (1500 there).
+private func readmeFashionExample(steps: Int) throws {
+    let base = "/usr/share/datasets/fashion-mnist/"
+    let data = try MNIST.load(images: base + "train-images-idx3-ubyte.gz", labels: base + "train-labels-idx1-ubyte.gz")
+    let mlp = Sequential(seed: 1,
+        Dense(784, 1000, initialization: .he), ReLU(), Dense(1000, 1000, initialization: .he), ReLU(),
+        Dense(1000, 1000, initialization: .he), ReLU(), Dense(1000, 10, initialization: .he))
+    let foof = try FOOF(learningRate: 0.1, damping: 0.1, inverseInterval: 100, statisticsSubsample: 10)
+    try Trainer(model: mlp, loss: SoftmaxCrossEntropy(), optimizer: foof, batchSize: 100, seed: 1)
+        .fit(data, steps: steps, reportEvery: 100) { print($0) }
+}
+
+@Test("The README's Fashion-MNIST example compiles and takes its first steps (when the data is installed)")
+func readmeFashionExampleRuns() throws {
+    guard FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") else { return }
+    try readmeFashionExample(steps: 2)
+}

@@ -1,0 +1,4 @@
+// The `kronfac` command line; everything it does lives in KronfacCLI.
+import KronfacCLI
+
+KronfacMain.main()
