@@ -27,9 +27,10 @@ public enum KronfacMain {
 
     /// Runs `arguments`; returns the exit status.
     public static func run(_ arguments: [String]) -> Int32 {
-        // Subnormal floats are flushed to zero, as most training frameworks do: Adam's second
-        // moments of units whose gradients vanish decay into subnormals, which made its step four
-        // times slower after 1500 steps of the Fashion-MNIST demo.
+        // Subnormal floats are flushed to zero, as most training frameworks do: values of units
+        // whose gradients vanish decay into subnormals, which x86 processes about a hundred times
+        // slower (Adam's moments made its step four times slower within 1500 steps of the demo,
+        // before the core flushed those itself).
         _ = kf_cli_flush_subnormals()
         do {
             var command = try KronfacCommand.parseAsRoot(arguments)
