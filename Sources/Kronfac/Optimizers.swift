@@ -101,6 +101,24 @@ public class Optimizer {
         return UInt32(count)
     }
 
+    /// The parameters the second-order optimizers (FOOF, K-FAC, EKFAC) share, checked.
+    static func secondOrder(
+        _ algorithm: kf_algorithm, learningRate: Float, damping: Float, momentum: Float,
+        weightDecay: Float, factorDecay: Float, statisticsInterval: Int, inverseInterval: Int,
+        klClip: Float, statisticsSubsample: Int
+    ) throws -> kf_optimizer_params {
+        var p = Optimizer.defaults(algorithm)
+        (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
+        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
+        p.learning_rate = learningRate
+        p.damping = damping
+        p.momentum = momentum
+        p.weight_decay = weightDecay
+        p.factor_decay = factorDecay
+        p.kl_clip = klClip
+        return p
+    }
+
     static func defaults(_ algorithm: kf_algorithm) -> kf_optimizer_params {
         var p = kf_optimizer_params()
         _ = kf_optimizer_params_init(&p, algorithm)
@@ -352,16 +370,13 @@ public final class FOOF: Optimizer {
         factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0,
         statisticsSubsample: Int = 0
     ) throws {
-        var p = Optimizer.defaults(KF_ALGO_FOOF)
-        (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
-        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
-        p.learning_rate = learningRate
-        p.damping = damping
-        p.momentum = momentum
-        p.weight_decay = weightDecay
-        p.factor_decay = factorDecay
-        p.kl_clip = klClip
-        try super.init(parameters: p, fisher: nil)
+        try super.init(
+            parameters: Optimizer.secondOrder(
+                KF_ALGO_FOOF, learningRate: learningRate, damping: damping, momentum: momentum,
+                weightDecay: weightDecay, factorDecay: factorDecay,
+                statisticsInterval: statisticsInterval, inverseInterval: inverseInterval,
+                klClip: klClip, statisticsSubsample: statisticsSubsample),
+            fisher: nil)
     }
 }
 
@@ -376,16 +391,13 @@ public final class KFAC: Optimizer {
         factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0,
         fisher: FisherType = .sampled, exactDamping: Bool = false, statisticsSubsample: Int = 0
     ) throws {
-        var p = Optimizer.defaults(exactDamping ? KF_ALGO_KFAC_EXACT_DAMPING : KF_ALGO_KFAC)
-        (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
-        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
-        p.learning_rate = learningRate
-        p.damping = damping
-        p.momentum = momentum
-        p.weight_decay = weightDecay
-        p.factor_decay = factorDecay
-        p.kl_clip = klClip
-        try super.init(parameters: p, fisher: fisher)
+        try super.init(
+            parameters: Optimizer.secondOrder(
+                exactDamping ? KF_ALGO_KFAC_EXACT_DAMPING : KF_ALGO_KFAC, learningRate: learningRate, damping: damping, momentum: momentum,
+                weightDecay: weightDecay, factorDecay: factorDecay,
+                statisticsInterval: statisticsInterval, inverseInterval: inverseInterval,
+                klClip: klClip, statisticsSubsample: statisticsSubsample),
+            fisher: fisher)
     }
 }
 
@@ -396,15 +408,12 @@ public final class EKFAC: Optimizer {
         factorDecay: Float = 0.95, statisticsInterval: Int = 1, inverseInterval: Int = 20, klClip: Float = 0,
         fisher: FisherType = .sampled, statisticsSubsample: Int = 0
     ) throws {
-        var p = Optimizer.defaults(KF_ALGO_EKFAC)
-        (p.stats_interval, p.inverse_interval) = try Optimizer.intervals(statisticsInterval, inverseInterval)
-        p.stats_subsample = try Optimizer.subsample(statisticsSubsample)
-        p.learning_rate = learningRate
-        p.damping = damping
-        p.momentum = momentum
-        p.weight_decay = weightDecay
-        p.factor_decay = factorDecay
-        p.kl_clip = klClip
-        try super.init(parameters: p, fisher: fisher)
+        try super.init(
+            parameters: Optimizer.secondOrder(
+                KF_ALGO_EKFAC, learningRate: learningRate, damping: damping, momentum: momentum,
+                weightDecay: weightDecay, factorDecay: factorDecay,
+                statisticsInterval: statisticsInterval, inverseInterval: inverseInterval,
+                klClip: klClip, statisticsSubsample: statisticsSubsample),
+            fisher: fisher)
     }
 }
