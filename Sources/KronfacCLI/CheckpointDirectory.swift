@@ -96,6 +96,10 @@ public enum CheckpointDirectory {
         func say(_ what: String, _ a: String, _ b: String) -> String { "\(what) \(a); this command has \(b)" }
         if saved.data != current.data { return say("--data", saved.data.argument, current.data.argument) }
         if saved.task != current.task { return say("--task", saved.task.rawValue, current.task.rawValue) }
+        if saved.convolution != current.convolution {
+            return say("model", saved.convolution?.description ?? Widths.format(saved.widths),
+                       current.convolution?.description ?? Widths.format(current.widths))
+        }
         if saved.widths != current.widths {
             return say("model", Widths.format(saved.widths), Widths.format(current.widths))
         }

@@ -6,8 +6,11 @@ import Kronfac
 public struct RunConfiguration: Codable, Equatable, Sendable {
     public var data: DataSource
     public var task: TrainingTask
-    /// Every layer's width, input to output (an autoencoder's are already mirrored).
+    /// Every layer's width, input to output (an autoencoder's are already mirrored); for a
+    /// convolutional model the input width and the dense widths after the convolutions.
     public var widths: [Int]
+    /// The convolutional part of a classifier (`--model conv:...`), nil for a dense network.
+    public var convolution: ConvolutionalModel?
     public var activation: ActivationChoice
     public var bias: Bool
     public var batchSize: Int
@@ -20,7 +23,8 @@ public struct RunConfiguration: Codable, Equatable, Sendable {
 
     public init(data: DataSource, task: TrainingTask, widths: [Int], activation: ActivationChoice, bias: Bool,
                 batchSize: Int, seed: UInt64, optimizers: [OptimizerKind],
-                hyperparameters: [String: Hyperparameters], evalExamples: Int) {
+                hyperparameters: [String: Hyperparameters], evalExamples: Int, convolution: ConvolutionalModel? = nil) {
+        self.convolution = convolution
         self.data = data
         self.task = task
         self.widths = widths
@@ -45,6 +49,18 @@ public struct RunConfiguration: Codable, Equatable, Sendable {
     /// The network: dense layers with the activation between them; the output layer gives logits
     /// and an autoencoder's code layer is linear. Initialised from `seed`, the same for every optimizer.
     public func makeModel() -> Sequential {
+        if let convolution {
+            let activation = self.activation
+            let layers = (try? convolution.layers(inputWidth: widths[0], classes: widths.last!, bias: bias) {
+                switch activation {
+                case .relu: return ReLU()
+                case .tanh: return Tanh()
+                case .sigmoid: return Sigmoid()
+                }
+            }) ?? []
+            precondition(!layers.isEmpty, "the convolutional model was validated with the configuration")
+            return Sequential(layers, seed: seed)
+        }
         var layers: [any Layer] = []
         let initialization: Initialization = activation == .relu ? .he : .glorot
         for index in 0..<(widths.count - 1) {
@@ -72,6 +88,12 @@ public struct RunConfiguration: Codable, Equatable, Sendable {
         case .sigmoid: name = "sigmoid"
         }
         let code = codeLayer.map { ", linear code layer of \(widths[$0 + 1])" } ?? ""
+        if let convolution {
+            let side = Int(Double(widths[0]).squareRoot().rounded())
+            return "\(convolution) on \(side)x\(side) images (3x3 convolutions with padding 1, 2x2 average pooling, "
+                + "\(convolution.globalPooling ? "global average pooling" : "flatten"), \(widths.last!) outputs), "
+                + "\(name), \(bias ? "with" : "no") biases"
+        }
         return "\(Widths.format(widths)), \(name)\(code), \(bias ? "with" : "no") biases"
     }
 

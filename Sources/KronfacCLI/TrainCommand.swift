@@ -36,8 +36,8 @@ public struct TrainCommand: ParsableCommand {
     public var task: TrainingTask?
 
     @Option(name: .long, help: ArgumentHelp(
-        "Layer widths, input first (default: 784-1000-1000-1000-10 for classify, with the data's input width and classes; 784-1000-500-250-30 for autoencoder).",
-        discussion: "An autoencoder's widths are its encoder, mirrored into the decoder: 784-1000-500-250-30 trains 784-1000-500-250-30-250-500-1000-784 with a linear code layer.",
+        "Layer widths, input first (default: 784-1000-1000-1000-10 for classify, with the data's input width and classes; 784-1000-500-250-30 for autoencoder), or a small CNN for classify, e.g. conv:16-32,dense:128.",
+        discussion: "An autoencoder's widths are its encoder, mirrored into the decoder: 784-1000-500-250-30 trains 784-1000-500-250-30-250-500-1000-784 with a linear code layer. conv:16-32,dense:128 trains, on square single-channel images, a 3x3 convolution (padding 1) with 16 and then 32 channels, each followed by the activation and 2x2 average pooling, then flatten, a dense layer of 128 and the output layer; conv:16-32,gap pools each channel globally instead of flattening (then FOOF and K-FAC factor the convolutions with K-FAC-reduce, otherwise with K-FAC-expand, one loss term per image).",
         valueName: "widths"))
     public var model: String?
 
@@ -140,7 +140,7 @@ public struct TrainCommand: ParsableCommand {
         if let resume, let checkpoint, resume != checkpoint {
             throw ValidationError("--resume \(resume) keeps saving there; --checkpoint \(checkpoint) names another directory")
         }
-        if let model { _ = try Widths.parse(model) }
+        if let model, try ConvolutionalModel.parse(model) == nil { _ = try Widths.parse(model) }
         if let optimizers { _ = try OptimizerKind.parseList(optimizers) }
         if let data { _ = try DataSource(parsing: data) }
         _ = try overrides()
@@ -206,11 +206,22 @@ public struct TrainCommand: ParsableCommand {
     public func configuration(source: DataSource, task: TrainingTask, inputWidth: Int, classes: Int?,
                               saved: RunConfiguration?) throws -> RunConfiguration {
         var widths: [Int]
-        if let model {
+        var convolution: ConvolutionalModel?
+        if let model, let parsed = try ConvolutionalModel.parse(model) {
+            guard task == .classify else { throw CLIError("--model \(model) is a classifier; conv: models need --task classify") }
+            let classes = classes ?? 10
+            widths = [inputWidth] + parsed.hidden + [classes]
+            let parameters = try parsed.parameterCount(inputWidth: inputWidth, classes: classes)
+            guard parameters <= Self.maximumParameters else {
+                throw CLIError("--model \(model) has \(parameters) weights; kronfac trains at most \(Self.maximumParameters)")
+            }
+            convolution = parsed
+        } else if let model {
             let parsed = try Widths.parse(model)
             widths = task == .autoencoder ? Widths.mirrored(parsed) : parsed
         } else if let saved {
             widths = saved.widths
+            convolution = saved.convolution
         } else if task == .classify {
             widths = [inputWidth] + Defaults.classifierHidden + [classes ?? 10]
         } else {
@@ -222,7 +233,7 @@ public struct TrainCommand: ParsableCommand {
         if task == .classify, let classes, widths.last != classes {
             throw CLIError("--model \(Widths.format(widths)) gives \(widths.last!) outputs, the data has \(classes) classes")
         }
-        let parameters = zip(widths, widths.dropFirst()).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        let parameters = convolution != nil ? 0 : zip(widths, widths.dropFirst()).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         guard parameters <= Double(Self.maximumParameters) else {
             throw CLIError("--model \(Widths.format(widths)) has \(Int(parameters)) weights; kronfac trains at most \(Self.maximumParameters)")
         }
@@ -249,7 +260,7 @@ public struct TrainCommand: ParsableCommand {
             batchSize: batchSize ?? saved?.batchSize ?? Defaults.batchSize(task),
             seed: seed ?? saved?.seed ?? 1,
             optimizers: kinds, hyperparameters: hyper,
-            evalExamples: evalExamples ?? saved?.evalExamples ?? Defaults.evalExamples)
+            evalExamples: evalExamples ?? saved?.evalExamples ?? Defaults.evalExamples, convolution: convolution)
     }
 
     public func run() throws {
