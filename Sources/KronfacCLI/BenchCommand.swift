@@ -14,10 +14,14 @@ public struct BenchCommand: ParsableCommand {
             (a) kf_gemm and kf_syrk at the model's shapes (the forward, backward and weight-gradient \
             products and the activation factor) against cblas_sgemm on the same shapes, in GFLOP/s \
             (kf_syrk is credited with the flops of the full product it replaces).
-            (b) One whole training step through the Swift layer (forward, backward, curvature pass \
+            (b) The forward and backward passes through the Swift layer (products, activations, loss \
+            gradient) at the counted flops of their products, against cblas_sgemm on the same products.
+            (c) One whole training step through the Swift layer (forward, backward, curvature pass \
             when needed, update) per algorithm, with inverses every step (T=1) and as the command \
             line trains (T=100 from statistics of the 10 steps before each refresh), as a ratio to \
             the SGD step, and the optimizer's memory per layer.
+            (d) K-FAC-expand against K-FAC-reduce: the time of one statistics step (both factors) \
+            of a 3x3 convolution and of a sequence layer, and the memory the factors read and add.
             Medians over the repeats, with the smallest and largest in brackets.
             """)
 
@@ -69,8 +73,13 @@ public struct BenchCommand: ParsableCommand {
             let bench = Benchmark(widths: widths, batch: batch, repeats: repeats)
             for line in try bench.kernelTable() { console.line(line) }
             console.line()
+            for line in try bench.passTable() { console.line(line) }
+            console.line()
             for line in try bench.stepTable() { console.line(line) }
         }
+        console.line()
+        console.line("shared-axis layers, one statistics step; \(repeats) repeats: median (min-max)")
+        for line in try SharedAxisBenchmark(repeats: repeats).table() { console.line(line) }
     }
 }
 
