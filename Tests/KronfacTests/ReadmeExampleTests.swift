@@ -43,3 +43,32 @@ func readmeFashionExampleRuns() throws {
     guard FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz") else { return }
     try readmeFashionExample(steps: 2)
 }
+
+// The README's convolutional examples, line for line but for the number of steps (300 there).
+private func readmeConvolutionExample(data: Dataset, steps: Int) throws -> Tensor {
+    let cnn = Sequential(seed: 1,
+        Reshape([1, 28, 28]), Conv2D(1, 16, kernelSize: 3, padding: 1), ReLU(), Pool2D(.average, kernelSize: 2),
+        Conv2D(16, 32, kernelSize: 3, padding: 1), ReLU(), Pool2D(.average, kernelSize: 2),
+        Flatten(), Dense(32 * 7 * 7, 128, initialization: .he), ReLU(), Dense(128, 10, initialization: .he))
+    try Trainer(model: cnn, loss: SoftmaxCrossEntropy(), optimizer: try FOOF(learningRate: 0.1, damping: 0.1), batchSize: 100)
+        .fit(data, steps: steps, reportEvery: 100) { print($0) }
+
+    // A layer applied to each of 12 tokens of 16 features, averaged over the tokens before the loss.
+    let tokens = Sequential(seed: 1, Dense(16, 32), Tanh(), SharedAxisPool(.average), Dense(32, 4))
+    let logits = try tokens.forward(Tensor(shape: [8, 12, 16], repeating: 0.5))  // shape [8, 4]
+    return logits
+}
+
+@Test("The README's convolution example compiles and trains (on generated 28x28 images)")
+func readmeConvolutionExampleRuns() throws {
+    let count = 200
+    var generator = SeededGenerator(seed: 3)
+    let labels = (0..<count).map { _ in Int.random(in: 0..<10, using: &generator) }
+    // Class c lights row 2c + 4 of the image: a pattern the convolutions can find.
+    let pixels = labels.flatMap { label in
+        (0..<784).map { index -> Float in index / 28 == 2 * label + 4 ? 1 : Float.random(in: 0..<0.2, using: &generator) }
+    }
+    let data = try Dataset(inputs: Tensor(shape: [count, 784], scalars: pixels), targets: Dataset.oneHot(labels, classes: 10))
+    let logits = try readmeConvolutionExample(data: data, steps: 4)
+    #expect(logits.shape == [8, 4])
+}
