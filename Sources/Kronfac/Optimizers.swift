@@ -204,7 +204,8 @@ public class Optimizer {
 
     /// Registers the model's layers with parameters on first use (after a forward pass, which
     /// tells the shared axes' lengths); afterwards checks it is the same model.
-    func bind(_ model: Sequential) throws {
+    /// `positions` gives the shared axes' lengths when no forward pass has told them (a restore).
+    func bind(_ model: Sequential, positions: [Int]? = nil) throws {
         let layers = model.linearMaps
         let identities = layers.map(ObjectIdentifier.init)
         if !bound.isEmpty || stepCount > 0 {
@@ -220,18 +221,19 @@ public class Optimizer {
                 "a layer appears more than once in the model; shared layers are not supported")
         }
         let settings = model.sharedAxisSettings
-        for (layer, setting) in zip(layers, settings) {
+        let lengths = positions ?? layers.map(\.positions)
+        for (index, (layer, setting)) in zip(layers, settings).enumerated() {
             var lp = kf_layer_params()
             try handle.check(kf_layer_params_init(&lp, layer.outputSize, layer.inputSize))
             lp.bias = layer.hasBias ? 1 : 0
-            lp.shared = layer.positions
+            lp.shared = lengths[index]
             lp.shared_mode = setting.reduce ? KF_SHARED_REDUCE : KF_SHARED_EXPAND
             lp.loss_terms_per_example = setting.lossTermsPerExample
             var index = 0
             try handle.check(kf_optimizer_add_layer(handle.raw, &lp, &index))
         }
         bound = identities
-        boundShapes = layers.map { ($0.outputSize, $0.inputSize, $0.hasBias, $0.positions) }
+        boundShapes = zip(layers, lengths).map { ($0.outputSize, $0.inputSize, $0.hasBias, $1) }
     }
 
     /// The registration of layer `index` as the core resolved it.
@@ -335,7 +337,23 @@ public class Optimizer {
     /// Restores the state of a checkpoint taken from an optimizer of the same kind on the same
     /// model shapes; binds to `model` first if needed. Unchanged on error.
     func restore(_ bytes: [UInt8], model: Sequential) throws {
-        try bind(model)
+        if bound.isEmpty && stepCount == 0 {
+            // The shared axes' lengths are the checkpoint's (no forward pass has told them yet);
+            // everything else must match the model, which kf_optimizer_restore checks.
+            let saved = try OptimizerHandle(checkpoint: bytes)
+            var count = 0
+            try saved.check(kf_optimizer_layer_count(saved.raw, &count))
+            guard count == model.linearMaps.count else {
+                throw KronfacError(.format,
+                    "the checkpoint's optimizer holds \(count) layers, the model has \(model.linearMaps.count)")
+            }
+            let positions = try (0..<count).map { index -> Int in
+                var lp = kf_layer_params()
+                try saved.check(kf_optimizer_layer_params(saved.raw, index, &lp))
+                return lp.shared
+            }
+            try bind(model, positions: positions)
+        }
         try bytes.withUnsafeBytes { buffer in
             try handle.check(kf_optimizer_restore(handle.raw, buffer.baseAddress, buffer.count))
         }

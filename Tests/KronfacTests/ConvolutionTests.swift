@@ -222,3 +222,25 @@ struct ConvolutionTests {
         }
     }
 }
+
+@Test("A CNN trained with K-FAC resumes from a checkpoint bit-exactly")
+func convolutionCheckpointResumes() throws {
+    func makeTrainer() throws -> Trainer {
+        let model = Sequential(seed: 9, Reshape([1, 6, 6]), Conv2D(1, 3, kernelSize: 3, padding: 1), Tanh(),
+                               Pool2D(.average, kernelSize: 2), Conv2D(3, 4, kernelSize: 2), GlobalAveragePool(), Dense(4, 3))
+        return try Trainer(model: model, loss: SoftmaxCrossEntropy(), optimizer: KFAC(inverseInterval: 2), batchSize: 8, seed: 5)
+    }
+    let data = try Dataset(inputs: randomTensor([24, 36], seed: 1), targets: randomOneHot(rows: 24, classes: 3, seed: 2))
+    let dir = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let path = dir.appendingPathComponent("cnn.kftrain").path
+    let straight = try makeTrainer()
+    try straight.fit(data, steps: 3)
+    try straight.save(to: path)
+    try straight.fit(data, steps: 4)
+    let resumed = try makeTrainer()
+    try resumed.restore(from: path)
+    try resumed.fit(data, steps: 4)
+    #expect(bitwiseEqual(parameterSnapshot(straight.model), parameterSnapshot(resumed.model)))
+    #expect(parameterSnapshot(straight.model).count == 6)
+}
