@@ -29,6 +29,27 @@ extension Layer {
     }
 }
 
+/// How K-FAC, EKFAC and FOOF factor a layer applied along a shared axis (positions, tokens, the
+/// locations of a convolution), after Eschenhagen et al. 2023, "Kronecker-Factored Approximate
+/// Curvature for Modern Neural Network Architectures".
+public enum SharedAxisApproximation: Sendable {
+    /// Decided from the model: `.reduce` when the shared axis is pooled away (`GlobalAveragePool`,
+    /// `SharedAxisPool`) before anything flattens it; otherwise `.expand`, with one loss term per
+    /// example when a `Flatten` comes first (KFC, Grosse & Martens 2016) and one per position when
+    /// the axis reaches the loss.
+    case automatic
+    /// K-FAC-expand: positions are treated like extra examples (exact for per-position losses).
+    case expand
+    /// K-FAC-reduce: activations averaged and gradients summed over the positions (exact when the
+    /// axis is summed or averaged before the loss; cheaper, the statistics are per example).
+    case reduce
+}
+
+/// A layer whose first layer in a model may skip the input gradient (nobody reads it).
+protocol InputGradientSkipping: Layer {
+    func backward(_ outputGradient: Tensor, pass: BackwardPass, needsInputGradient: Bool) throws -> Tensor?
+}
+
 /// How a dense layer's weights are drawn (biases start at zero).
 public enum Initialization: Sendable {
     /// He et al. 2015: normal with standard deviation sqrt(2 / inputs), for ReLU networks.
@@ -54,7 +75,7 @@ func checkBatch(_ tensor: Tensor, columns: Int, role: String) throws -> Int {
 }
 
 /// A fully connected layer `y = W x + b` with `W` of shape `[outputSize, inputSize]`.
-public final class Dense: Layer {
+public final class Dense: Layer, InputGradientSkipping {
     public let inputSize: Int
     public let outputSize: Int
     /// Whether the layer has a bias vector.
@@ -85,8 +106,14 @@ public final class Dense: Layer {
     // What the optimizer observes: the inputs of the last forward pass and the per-example output
     // gradients of each pass, tagged with the forward pass they belong to. `gradientInput` is the
     // input of the last gradient pass (a later forward pass replaces `lastInput`, not it).
+    // Inputs are kept as matrices of examples * positions rows (positions = R, the length of the
+    // shared axis; 1 for a plain dense layer).
     private(set) var lastInput: Tensor?
+    private(set) var lastExamples = 0
     private(set) var gradientInput: Tensor?
+    private(set) var gradientExamples = 0
+    /// The length of the shared axis in the last forward pass (1 without one).
+    private(set) var positions = 1
     private(set) var lastOutputGradient: Tensor?
     private(set) var lastCurvatureGradient: Tensor?
     private(set) var forwardCount: UInt64 = 0
@@ -98,22 +125,33 @@ public final class Dense: Layer {
     private var contextStorage: KernelContext?
     private var ones: [Float] = []
 
+    /// How the optimizers factor the layer's curvature when it is applied along a shared axis.
+    public var sharedAxis: SharedAxisApproximation
+
     /// A dense layer with seeded initial weights.
+    ///
+    /// Given inputs of shape `[n, inputSize]` it maps each example; given `[n, R, inputSize]` it is
+    /// applied at each of the R positions of every example (a shared axis: tokens, nodes), with
+    /// outputs `[n, R, outputSize]`.
     /// - Parameters:
     ///   - inputSize: the number of inputs, at least 1.
     ///   - outputSize: the number of outputs, at least 1.
     ///   - bias: whether to add a bias vector (initialised to zero).
     ///   - initialization: He (ReLU) or Glorot (tanh, sigmoid, linear).
     ///   - seed: the seed of the weights; `Sequential(seed:)` reseeds its layers.
+    ///   - sharedAxis: K-FAC-expand or -reduce along a shared axis (automatic: see
+    ///     `SharedAxisApproximation`).
     public init(
         _ inputSize: Int, _ outputSize: Int, bias: Bool = true,
-        initialization: Initialization = .glorot, seed: UInt64 = 0
+        initialization: Initialization = .glorot, seed: UInt64 = 0,
+        sharedAxis: SharedAxisApproximation = .automatic
     ) {
         precondition(inputSize >= 1 && outputSize >= 1, "Dense needs at least one input and one output")
         self.inputSize = inputSize
         self.outputSize = outputSize
         self.hasBias = bias
         self.initialization = initialization
+        self.sharedAxis = sharedAxis
         self.weight = Tensor(shape: [outputSize, inputSize])
         self.bias = bias ? Tensor(shape: [outputSize]) : nil
         self.weightGradientStorage = Tensor(shape: [outputSize, inputSize])
@@ -183,7 +221,7 @@ public final class Dense: Layer {
         guard gradientsPending, let input = gradientInput, let g = lastOutputGradient else { return }
         gradientsPending = false
         let n = input.rowCount, out = outputSize, inp = inputSize
-        let scale = 1 / Float(n)
+        let scale = 1 / Float(gradientExamples)
         var dw = weightGradientStorage
         var db = biasGradientStorage
         let formed: Bool = (try? {
@@ -226,8 +264,25 @@ public final class Dense: Layer {
         biasGradientStorage = db
     }
 
+    /// The name used in error messages.
+    var name: String { "Dense(\(inputSize), \(outputSize))" }
+
     public func forward(_ input: Tensor) throws -> Tensor {
-        let n = try checkBatch(input, columns: inputSize, role: "Dense(\(inputSize), \(outputSize)) input")
+        if input.rank == 3, input.shape[2] == inputSize {
+            let (n, r) = (input.shape[0], input.shape[1])
+            guard n > 0, r > 0 else { throw KronfacError(.shape, "\(name) input is empty (shape \(input.shape))") }
+            let rows = try forward(rows: Tensor(uncheckedShape: [n * r, inputSize], scalars: input.scalars), examples: n)
+            return Tensor(uncheckedShape: [n, r, outputSize], scalars: rows.scalars)
+        }
+        let n = try checkBatch(input, columns: inputSize, role: "\(name) input")
+        let matrix = input.rank == 2 ? input : Tensor(uncheckedShape: [n, inputSize], scalars: input.scalars)
+        return try forward(rows: matrix, examples: n)
+    }
+
+    /// The forward pass on a matrix of `examples * R` rows (row `n * R + r`: example n, position r).
+    func forward(rows input: Tensor, examples: Int) throws -> Tensor {
+        let n = input.rowCount
+        precondition(input.rank == 2 && input.columnCount == inputSize && examples > 0 && n % examples == 0)
         let context = try self.context
         let ones = onesColumn(n)
         let out = outputSize, inp = inputSize
@@ -253,6 +308,8 @@ public final class Dense: Layer {
             }
         }
         lastInput = input
+        lastExamples = examples
+        positions = n / examples
         forwardCount &+= 1
         return output
     }
@@ -263,20 +320,42 @@ public final class Dense: Layer {
 
     /// The backward pass; the first layer of a model skips the input gradient nobody reads.
     func backward(_ outputGradient: Tensor, pass: BackwardPass, needsInputGradient: Bool) throws -> Tensor? {
+        guard lastInput != nil else {
+            throw KronfacError(.state, "\(name).backward called before forward")
+        }
+        if positions > 1 || outputGradient.rank == 3 {
+            let expected = [lastExamples, positions, outputSize]
+            guard outputGradient.shape == expected else {
+                throw KronfacError(.shape,
+                    "\(name) output gradient has shape \(outputGradient.shape), the last forward pass gave \(expected)")
+            }
+            let rows = Tensor(uncheckedShape: [lastExamples * positions, outputSize], scalars: outputGradient.scalars)
+            guard let dx = try backward(rows: rows, pass: pass, needsInputGradient: needsInputGradient) else { return nil }
+            return Tensor(uncheckedShape: [lastExamples, positions, inputSize], scalars: dx.scalars)
+        }
+        let rows = try checkBatch(outputGradient, columns: outputSize, role: "\(name) output gradient")
+        guard rows == lastExamples else {
+            throw KronfacError(.shape, "output gradient has \(rows) examples, the last forward pass had \(lastExamples)")
+        }
+        let matrix = outputGradient.rank == 2
+            ? outputGradient : Tensor(uncheckedShape: [rows, outputSize], scalars: outputGradient.scalars)
+        return try backward(rows: matrix, pass: pass, needsInputGradient: needsInputGradient)
+    }
+
+    /// The backward pass on the rows layout of `forward(rows:examples:)`: the per-example loss's
+    /// gradients with respect to the outputs at every position.
+    func backward(rows outputGradient: Tensor, pass: BackwardPass, needsInputGradient: Bool) throws -> Tensor? {
         guard let input = lastInput else {
-            throw KronfacError(.state, "Dense(\(inputSize), \(outputSize)).backward called before forward")
+            throw KronfacError(.state, "\(name).backward called before forward")
         }
         let n = input.rowCount
-        let rows = try checkBatch(outputGradient, columns: outputSize,
-                                  role: "Dense(\(inputSize), \(outputSize)) output gradient")
-        guard rows == n else {
-            throw KronfacError(.shape, "output gradient has \(rows) examples, the last forward pass had \(n)")
-        }
+        precondition(outputGradient.rank == 2 && outputGradient.rowCount == n && outputGradient.columnCount == outputSize)
         let context = try self.context
         let out = outputSize, inp = inputSize
         if pass == .gradient {
             // The parameter gradients are formed lazily (see `weightGradient`).
             gradientInput = input
+            gradientExamples = lastExamples
             lastOutputGradient = outputGradient
             outputGradientForward = forwardCount
             gradientsPending = true
@@ -301,16 +380,17 @@ public final class Dense: Layer {
     public var parameterCount: Int { inputSize * outputSize + (hasBias ? outputSize : 0) }
 
     /// Calls `body` with the parameters (the optimizer updates them in place) and the batch of the
-    /// last gradient pass: its `rows` inputs `x` and the output gradients of the batch-mean loss
-    /// `gs = G / rows`, whose product `gs^T [x 1]` is the parameter gradient.
+    /// last gradient pass: its `examples` inputs `x` (examples * R rows) and the output gradients
+    /// of the batch-mean loss `gs = G / examples`, whose product `gs^T [x 1]` is the parameter
+    /// gradient.
     func withStepBatch<R>(
         _ body: (_ weight: UnsafeMutablePointer<Float>, _ bias: UnsafeMutablePointer<Float>?,
-                 _ x: UnsafePointer<Float>, _ gs: UnsafePointer<Float>, _ rows: Int) throws -> R
+                 _ x: UnsafePointer<Float>, _ gs: UnsafePointer<Float>, _ examples: Int) throws -> R
     ) throws -> R {
         guard let input = gradientInput, let g = lastOutputGradient else {
-            throw KronfacError(.state, "Dense(\(inputSize), \(outputSize)) has no gradient pass")
+            throw KronfacError(.state, "\(name) has no gradient pass")
         }
-        let rows = input.rowCount
+        let rows = gradientExamples
         let scale = 1 / Float(rows)
         var gs = g
         gs.withUnsafeMutableBufferPointer { buffer in
@@ -472,7 +552,7 @@ public final class Sigmoid: Layer {
 // MARK: - Sequential
 
 /// Layers applied one after another.
-public final class Sequential: Layer {
+public final class Sequential: Layer, InputGradientSkipping {
     /// The layers in order.
     public let layers: [any Layer]
 
@@ -488,25 +568,59 @@ public final class Sequential: Layer {
         self.init(layers, seed: seed)
     }
 
-    /// Re-initialises every dense layer from `seed`.
+    /// Re-initialises every layer with parameters (dense and convolution layers) from `seed`.
     public func initialize(seed: UInt64) {
-        for (index, layer) in denseLayers.enumerated() {
+        for (index, layer) in linearMaps.enumerated() {
             var generator = SeededGenerator(seed: seed, stream: 0x5365_7175, index: UInt64(index))
             layer.initialize(seed: generator.next())
         }
     }
 
-    /// The dense layers, depth first in order: the layers an optimizer updates.
-    public var denseLayers: [Dense] {
-        layers.flatMap { layer -> [Dense] in
-            if let dense = layer as? Dense { return [dense] }
-            if let nested = layer as? Sequential { return nested.denseLayers }
-            return []
+    /// The dense layers, depth first in order (a convolution's are not among them).
+    public var denseLayers: [Dense] { leaves.compactMap { $0 as? Dense } }
+
+    /// The layers of nested models in order, flattened.
+    var leaves: [any Layer] {
+        layers.flatMap { layer -> [any Layer] in
+            if let nested = layer as? Sequential { return nested.leaves }
+            return [layer]
+        }
+    }
+
+    /// The linear maps the optimizers update, depth first in order: dense layers and the weight
+    /// matrices of convolutions.
+    var linearMaps: [Dense] {
+        leaves.compactMap { layer -> Dense? in
+            if let dense = layer as? Dense { return dense }
+            if let conv = layer as? Conv2D { return conv.linear }
+            return nil
         }
     }
 
     /// The number of trainable scalars.
-    public var parameterCount: Int { denseLayers.reduce(0) { $0 + $1.parameterCount } }
+    public var parameterCount: Int { linearMaps.reduce(0) { $0 + $1.parameterCount } }
+
+    /// How each of `linearMaps` is factored along its shared axis: the mode and the loss terms per
+    /// example R' (0 = automatic, as kf_layer_params), from each layer's `sharedAxis` and the
+    /// layers after it (see `SharedAxisApproximation.automatic`).
+    var sharedAxisSettings: [(reduce: Bool, lossTermsPerExample: Int)] {
+        let all = leaves
+        var settings: [(reduce: Bool, lossTermsPerExample: Int)] = []
+        for (index, layer) in all.enumerated() {
+            let map: Dense
+            if let dense = layer as? Dense { map = dense } else if let conv = layer as? Conv2D { map = conv.linear } else { continue }
+            // What happens to the axis downstream: pooled away, flattened, or it reaches the loss.
+            var pooled = false, flattened = false
+            for later in all[(index + 1)...] {
+                if later is GlobalAveragePool || later is SharedAxisPool { pooled = true; break }
+                if later is Flatten || later is Reshape { flattened = true; break }
+            }
+            let approximation = map.sharedAxis
+            let reduce = approximation == .reduce || (approximation == .automatic && pooled)
+            settings.append((reduce, reduce ? 0 : (pooled || flattened ? 1 : 0)))
+        }
+        return settings
+    }
 
     public func forward(_ input: Tensor) throws -> Tensor {
         guard !layers.isEmpty else { return input }
@@ -524,11 +638,8 @@ public final class Sequential: Layer {
         var g = outputGradient
         for (index, layer) in layers.enumerated().reversed() {
             let needed = needsInputGradient || index > 0
-            if let dense = layer as? Dense {
-                guard let next = try dense.backward(g, pass: pass, needsInputGradient: needed) else { return nil }
-                g = next
-            } else if let nested = layer as? Sequential {
-                guard let next = try nested.backward(g, pass: pass, needsInputGradient: needed) else { return nil }
+            if let skipping = layer as? any InputGradientSkipping {
+                guard let next = try skipping.backward(g, pass: pass, needsInputGradient: needed) else { return nil }
                 g = next
             } else {
                 g = try layer.backward(g, pass: pass)

@@ -34,12 +34,14 @@ final class OptimizerHandle {
     }
 }
 
-/// An optimizer: updates the dense layers of a `Sequential` model in place from the gradients of
-/// its last backward pass, through the C core's `kf_optimizer`.
+/// An optimizer: updates the dense and convolution layers of a `Sequential` model in place from the
+/// gradients of its last backward pass, through the C core's `kf_optimizer`.
 ///
 /// Create one of `SGD`, `Adam`, `FOOF`, `KFAC`, `EKFAC`. The first `update(_:)` binds the
-/// optimizer to the model's dense layers (in `model.denseLayers` order); it then only accepts that
-/// model. Hyperparameters are validated when the optimizer is created.
+/// optimizer to the model's layers with parameters (depth first, in order); it then only accepts
+/// that model. Layers applied along a shared axis (convolutions, `Dense` on `[n, R, d]` inputs)
+/// are registered with the R of the first pass and their `sharedAxis` approximation.
+/// Hyperparameters are validated when the optimizer is created.
 ///
 /// For your own training loop, per mini-batch:
 /// 1. `let statistics = try optimizer.needsStatistics` (before the passes),
@@ -53,7 +55,7 @@ public class Optimizer {
     /// The curvature vectors of K-FAC and EKFAC; nil for optimizers that need no output gradients.
     let fisher: FisherType?
     private var bound: [ObjectIdentifier] = []
-    private var boundShapes: [(out: Int, in: Int, bias: Bool)] = []
+    private var boundShapes: [(out: Int, in: Int, bias: Bool, positions: Int)] = []
 
     init(parameters: kf_optimizer_params, fisher: FisherType?) throws {
         try Optimizer.validate(parameters)
@@ -200,30 +202,43 @@ public class Optimizer {
         return Tensor(uncheckedShape: [dimension, dimension], scalars: values)
     }
 
-    /// Registers the model's dense layers on first use; afterwards checks it is the same model.
-    func bind(_ layers: [Dense]) throws {
+    /// Registers the model's layers with parameters on first use (after a forward pass, which
+    /// tells the shared axes' lengths); afterwards checks it is the same model.
+    func bind(_ model: Sequential) throws {
+        let layers = model.linearMaps
         let identities = layers.map(ObjectIdentifier.init)
         if !bound.isEmpty || stepCount > 0 {
             guard identities == bound else {
                 throw KronfacError(.state,
-                    "this optimizer is bound to another model (\(bound.count) dense layers); create one per model")
+                    "this optimizer is bound to another model (\(bound.count) layers with parameters); create one per model")
             }
             return
         }
-        guard !layers.isEmpty else { throw KronfacError(.shape, "the model has no dense layers to optimize") }
+        guard !layers.isEmpty else { throw KronfacError(.shape, "the model has no dense or convolution layers to optimize") }
         guard Set(identities).count == identities.count else {
             throw KronfacError(.invalidArgument,
-                "a Dense layer appears more than once in the model; shared layers are not supported")
+                "a layer appears more than once in the model; shared layers are not supported")
         }
-        for layer in layers {
+        let settings = model.sharedAxisSettings
+        for (layer, setting) in zip(layers, settings) {
             var lp = kf_layer_params()
             try handle.check(kf_layer_params_init(&lp, layer.outputSize, layer.inputSize))
             lp.bias = layer.hasBias ? 1 : 0
+            lp.shared = layer.positions
+            lp.shared_mode = setting.reduce ? KF_SHARED_REDUCE : KF_SHARED_EXPAND
+            lp.loss_terms_per_example = setting.lossTermsPerExample
             var index = 0
             try handle.check(kf_optimizer_add_layer(handle.raw, &lp, &index))
         }
         bound = identities
-        boundShapes = layers.map { ($0.outputSize, $0.inputSize, $0.hasBias) }
+        boundShapes = layers.map { ($0.outputSize, $0.inputSize, $0.hasBias, $0.positions) }
+    }
+
+    /// The registration of layer `index` as the core resolved it.
+    func layerParameters(_ index: Int) throws -> (positions: Int, reduce: Bool, lossTermsPerExample: Int) {
+        var lp = kf_layer_params()
+        try handle.check(kf_optimizer_layer_params(handle.raw, index, &lp))
+        return (lp.shared, lp.shared_mode == KF_SHARED_REDUCE, lp.loss_terms_per_example)
     }
 
     /// One step: hands the statistics of the last passes to the core (on statistics steps) and
@@ -234,12 +249,17 @@ public class Optimizer {
     ///   gradients or parameters; a numerical error when an inverse cannot be refreshed. A failed
     ///   update changes neither the parameters nor the optimizer.
     public func update(_ model: Sequential) throws {
-        let layers = model.denseLayers
-        try bind(layers)
+        try bind(model)
+        let layers = model.linearMaps
         let statistics = try needsStatistics
         for (index, layer) in layers.enumerated() {
             guard layer.forwardCount > 0, layer.lastInput != nil else {
                 throw KronfacError(.state, "dense layer \(index) has no forward pass to learn from")
+            }
+            guard layer.positions == boundShapes[index].positions else {
+                throw KronfacError(.shape,
+                    "layer \(index) was registered with \(boundShapes[index].positions) positions along its shared axis; "
+                        + "its last pass had \(layer.positions)")
             }
             guard layer.forwardCount != layer.updatedForward else {
                 throw KronfacError(.state,
@@ -255,8 +275,8 @@ public class Optimizer {
             }
         }
         // One batch size for the whole step (checked before anything is handed to the core).
-        let rows = layers[0].gradientInput?.rowCount ?? 0
-        for (index, layer) in layers.enumerated() where layer.gradientInput?.rowCount != rows {
+        let rows = layers[0].gradientExamples
+        for (index, layer) in layers.enumerated() where layer.gradientExamples != rows {
             throw KronfacError(.shape, "dense layer \(index) saw another batch size than layer 0 in its last pass")
         }
         if statistics {
@@ -264,13 +284,13 @@ public class Optimizer {
                 let input = layer.lastInput!
                 try input.withUnsafeBufferPointer { x in
                     try handle.check(kf_optimizer_observe_activations(
-                        handle.raw, index, input.rowCount, x.baseAddress, layer.inputSize))
+                        handle.raw, index, layer.lastExamples, x.baseAddress, layer.inputSize))
                 }
                 guard let fisher else { continue }
                 let g = fisher == .sampled ? layer.lastCurvatureGradient! : layer.lastOutputGradient!
                 try g.withUnsafeBufferPointer { gp in
                     try handle.check(kf_optimizer_observe_gradients(
-                        handle.raw, index, g.rowCount, gp.baseAddress, layer.outputSize, 1))
+                        handle.raw, index, layer.lastExamples, gp.baseAddress, layer.outputSize, 1))
                 }
             }
         }
@@ -313,9 +333,9 @@ public class Optimizer {
     }
 
     /// Restores the state of a checkpoint taken from an optimizer of the same kind on the same
-    /// model shapes; binds to `layers` first if needed. Unchanged on error.
-    func restore(_ bytes: [UInt8], layers: [Dense]) throws {
-        try bind(layers)
+    /// model shapes; binds to `model` first if needed. Unchanged on error.
+    func restore(_ bytes: [UInt8], model: Sequential) throws {
+        try bind(model)
         try bytes.withUnsafeBytes { buffer in
             try handle.check(kf_optimizer_restore(handle.raw, buffer.baseAddress, buffer.count))
         }

@@ -113,7 +113,7 @@ public final class Trainer {
     private func checkData(_ data: Dataset, role: String) throws {
         guard data.inputs.isFinite else { throw KronfacError(.nonFinite, "the \(role) inputs contain NaN or infinity") }
         guard data.targets.isFinite else { throw KronfacError(.nonFinite, "the \(role) targets contain NaN or infinity") }
-        if let first = model.denseLayers.first, data.inputs.columnCount != first.inputSize {
+        if let first = model.leaves.first as? Dense, data.inputs.rank == 2, data.inputs.columnCount != first.inputSize {
             throw KronfacError(.shape,
                 "the \(role) inputs have \(data.inputs.columnCount) values per example, the model takes \(first.inputSize)")
         }
@@ -259,7 +259,7 @@ public final class Trainer {
         writer.u64(UInt64(exampleCount))
         writer.string(optimizer.algorithmName)
         writer.u8(optimizer.fisher.map { $0 == .sampled ? 1 : 2 } ?? 0)
-        let layers = model.denseLayers
+        let layers = model.linearMaps
         writer.u32(UInt32(layers.count))
         for layer in layers {
             writer.u64(UInt64(layer.outputSize))
@@ -321,7 +321,7 @@ public final class Trainer {
         guard fisherCode == (optimizer.fisher.map { $0 == .sampled ? 1 : 2 } ?? 0) else {
             throw KronfacError(.format, "\(path) was trained with another Fisher type than this optimizer's")
         }
-        let layers = model.denseLayers
+        let layers = model.linearMaps
         let layerCount = Int(try reader.u32())
         guard layerCount == layers.count else {
             throw KronfacError(.format, "\(path) holds \(layerCount) dense layers, the model has \(layers.count)")
@@ -345,7 +345,7 @@ public final class Trainer {
             throw KronfacError(.format, "\(path): invalid loop position")
         }
         // The optimizer validates its part and is the only step that can still fail.
-        try optimizer.restore(state, layers: layers)
+        try optimizer.restore(state, model: model)
         for (layer, values) in zip(layers, parameters) {
             layer.restoreParameters(weight: values.0, bias: values.1)
             layer.forgetPasses()

@@ -36,7 +36,7 @@ func expectKronfacError(
 
 /// A snapshot of every dense layer's parameters, for "nothing changed" checks.
 func parameterSnapshot(_ model: Sequential) -> [Tensor] {
-    model.denseLayers.flatMap { [$0.weight] + ($0.bias.map { [$0] } ?? []) }
+    model.linearMaps.flatMap { [$0.weight] + ($0.bias.map { [$0] } ?? []) }
 }
 
 func bitwiseEqual(_ a: [Tensor], _ b: [Tensor]) -> Bool {
