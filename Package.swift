@@ -1,13 +1,25 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 // Kronfac: the C core (compiled from the same sources as the CMake build), the Swift API and the
 // `kronfac` command-line tool.
+//
+// The package trait MPI (off by default) adds distributed training over Open MPI:
+//   swift build -c release --traits MPI --scratch-path .build-mpi
+//   mpirun -np 2 .build-mpi/release/kronfac train --distributed ...
+// Without it nothing needs or links MPI, and `kronfac train --distributed` says how to build it.
 import PackageDescription
+
+/// Swift code of the MPI build is under `#if KRONFAC_MPI`.
+let mpiSwiftSettings: [SwiftSetting] = [.define("KRONFAC_MPI", .when(traits: ["MPI"]))]
 
 let package = Package(
     name: "Kronfac",
     products: [
         .library(name: "Kronfac", targets: ["Kronfac"]),
         .executable(name: "kronfac", targets: ["kronfac"]),
+    ],
+    traits: [
+        .trait(name: "MPI", description: "Distributed training over MPI (Open MPI, pkg-config ompi-c): "
+               + "the kronfac_dist module and `kronfac train --distributed`."),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,10 +49,33 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // Open MPI (Debian: openmpi-bin libopenmpi-dev), for the trait MPI only.
+        .systemLibrary(
+            name: "CMPI",
+            path: "Sources/CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]
+        ),
+        // csrc/src/dist.c (the MPI module) and the few MPI calls Swift needs. SwiftPM compiles it
+        // in every build; without the trait its files compile to nothing.
+        .target(
+            name: "CKronfacDist",
+            dependencies: ["CKronfac", .target(name: "CMPI", condition: .when(traits: ["MPI"]))],
+            path: "Sources/CKronfacDist",
+            cSettings: [
+                .headerSearchPath("../../csrc/dist"),
+                .headerSearchPath("../../csrc/internal"),
+                .define("KRONFAC_WITH_MPI", to: "1", .when(traits: ["MPI"])),
+            ]
+        ),
         .target(
             name: "Kronfac",
-            dependencies: ["CKronfac", "CZlib"],
-            path: "Sources/Kronfac"
+            dependencies: [
+                "CKronfac", "CZlib",
+                .target(name: "CKronfacDist", condition: .when(traits: ["MPI"])),
+            ],
+            path: "Sources/Kronfac",
+            swiftSettings: mpiSwiftSettings
         ),
         // OpenBLAS's own queries (the core it chose for this CPU, its threads) and raw sgemm,
         // the reference of `kronfac bench`.
@@ -62,7 +97,8 @@ let package = Package(
                 "Kronfac", "COpenBLAS", "CKronfac", "CFloatEnvironment",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            path: "Sources/KronfacCLI"
+            path: "Sources/KronfacCLI",
+            swiftSettings: mpiSwiftSettings
         ),
         .executableTarget(
             name: "kronfac",

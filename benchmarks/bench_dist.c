@@ -10,7 +10,9 @@
  * kinds of step are timed for FOOF and K-FAC: with a refresh of every inverse (T_inv = 1) and
  * without (the other T_inv - 1 steps of an interval). Reported: median wall time per step over
  * the slowest rank, the time inside MPI calls (including waiting for the other ranks) and its
- * share, and the floats all-reduced and gathered per step. Run it with -np 1 and -np 2 and
+ * share, and the floats all-reduced and gathered per step, in both kf_dist modes (inverses:
+ * owners send inverses on refresh steps; directions: owners send their layers' directions every
+ * step). Run it with -np 1 and -np 2 and
  * compare; --threads sets OpenBLAS's threads per rank (the default 1: on a machine with as many
  * cores as ranks, more would oversubscribe). */
 #include <kronfac_dist.h>
@@ -68,8 +70,9 @@ typedef struct result {
 } result;
 
 /* Median over `steps` steps (after one warm-up step, which also makes the first inverses). */
-static result run(kf_algorithm algo, unsigned t_inv, model *m, size_t n_local)
+static result run(kf_algorithm algo, unsigned t_inv, kf_dist_mode mode, model *m, size_t n_local)
 {
+    kf_dist_params dp;
     kf_optimizer_params p;
     kf_optimizer *opt = NULL;
     kf_dist *d = NULL;
@@ -88,7 +91,9 @@ static result run(kf_algorithm algo, unsigned t_inv, model *m, size_t n_local)
         die(kf_optimizer_add_layer(opt, &lp, &idx), "add_layer", kf_optimizer_last_error(opt));
     }
     die(kf_optimizer_reserve_batch(opt, n_local), "reserve", kf_optimizer_last_error(opt));
-    die(kf_dist_create(opt, MPI_COMM_WORLD, NULL, &d), "kf_dist_create",
+    kf_dist_params_init(&dp);
+    dp.mode = mode;
+    die(kf_dist_create(opt, MPI_COMM_WORLD, &dp, &d), "kf_dist_create",
         kf_optimizer_last_error(opt));
     for (int s = -1; s < steps; s++) {
         double t0, mine[2], worst[2];
@@ -201,17 +206,21 @@ int main(int argc, char **argv)
             printf("%c%zu", l ? '-' : ' ', widths[l]);
         }
         printf(", median of %d steps\n", steps);
-        printf("%-6s %-16s %10s %10s %7s %14s %14s\n", "algo", "step", "time ms", "MPI ms",
-               "share", "all-reduced", "gathered");
+        printf("%-6s %-11s %-16s %10s %10s %7s %14s %14s\n", "algo", "mode", "step", "time ms",
+               "MPI ms", "share", "all-reduced", "gathered");
     }
     for (int a = 0; a < 2; a++) {
-        for (int refresh = 0; refresh < 2; refresh++) {
-            /* T_inv = 1: every step refreshes; T_inv huge: only the warm-up step does. */
-            result r = run(algos[a], refresh ? 1u : 1000000u, &m, n_local);
-            if (rank == 0) {
-                printf("%-6s %-16s %10.1f %10.1f %6.1f%% %11.3g fl %11.3g fl\n",
-                       kf_algorithm_name(algos[a]), refresh ? "with refresh" : "without refresh",
-                       1e3 * r.step, 1e3 * r.comm, 100.0 * r.comm / r.step, r.reduced, r.gathered);
+        for (int md = 0; md < 2; md++) {
+            for (int refresh = 0; refresh < 2; refresh++) {
+                /* T_inv = 1: every step refreshes; T_inv huge: only the warm-up step does. */
+                kf_dist_mode mode = md ? KF_DIST_BROADCAST_DIRECTIONS : KF_DIST_BROADCAST_INVERSES;
+                result r = run(algos[a], refresh ? 1u : 1000000u, mode, &m, n_local);
+                if (rank == 0) {
+                    printf("%-6s %-11s %-16s %10.1f %10.1f %6.1f%% %11.3g fl %11.3g fl\n",
+                           kf_algorithm_name(algos[a]), md ? "directions" : "inverses",
+                           refresh ? "with refresh" : "without refresh", 1e3 * r.step,
+                           1e3 * r.comm, 100.0 * r.comm / r.step, r.reduced, r.gathered);
+                }
             }
         }
     }

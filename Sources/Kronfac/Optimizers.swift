@@ -55,6 +55,10 @@ public class Optimizer {
     /// The curvature vectors of K-FAC and EKFAC; nil for optimizers that need no output gradients.
     let fisher: FisherType?
     private var bound: [ObjectIdentifier] = []
+    /// Takes the step in place of the core's batch step, after the observations: the data-parallel
+    /// step of `distribute(mode:)` (Distributed.swift, MPI builds). Gets the layers and the batch's
+    /// example count.
+    var stepOverride: (([Dense], Int) throws -> Void)?
     private var boundShapes: [(out: Int, in: Int, bias: Bool, positions: Int)] = []
 
     init(parameters: kf_optimizer_params, fisher: FisherType?) throws {
@@ -298,10 +302,14 @@ public class Optimizer {
         }
         // The batch form of the step: the gradient is exactly gs^T [x 1], so FOOF and K-FAC can
         // skip forming it (DESIGN.md section 8), and the backward pass need not form it either.
-        var batches: [kf_layer_batch] = []
-        batches.reserveCapacity(layers.count)
-        try Optimizer.withLayerBatches(layers[...], &batches) { all in
-            try handle.check(kf_optimizer_step_batch(handle.raw, rows, all, all.count))
+        if let stepOverride {
+            try stepOverride(layers, rows)
+        } else {
+            var batches: [kf_layer_batch] = []
+            batches.reserveCapacity(layers.count)
+            try Optimizer.withLayerBatches(layers[...], &batches) { all in
+                try handle.check(kf_optimizer_step_batch(handle.raw, rows, all, all.count))
+            }
         }
         for layer in layers { layer.updatedForward = layer.forwardCount }
     }

@@ -44,6 +44,22 @@ public final class Trainer {
     public private(set) var batchInEpoch = 0
     /// Examples of the training set of this run (fixed once training started).
     private var exampleCount = 0
+    /// Data-parallel training: this process trains on part `rank` (contiguous, `count * rank /
+    /// ranks ..< count * (rank + 1) / ranks`) of every mini-batch of `count` examples, the other
+    /// processes on the other parts; the default `(0, 1)` is the whole batch. Every process draws
+    /// the same batches (same data and seed), and a distributed optimizer (`distribute(mode:)`)
+    /// combines the parts.
+    public private(set) var batchShare: (rank: Int, ranks: Int) = (0, 1)
+
+    /// Sets `batchShare`.
+    ///
+    /// - Throws: `.invalidArgument` unless `ranks >= 1` and `0 <= rank < ranks`.
+    public func setBatchShare(rank: Int, ranks: Int) throws {
+        guard ranks >= 1, (0..<ranks).contains(rank) else {
+            throw KronfacError(.invalidArgument, "batch share \(rank) of \(ranks) is invalid: need 0 <= rank < ranks")
+        }
+        batchShare = (rank, ranks)
+    }
 
     /// - Throws: `.invalidArgument` when `batchSize < 1`.
     public init(model: Sequential, loss: any Loss, optimizer: Optimizer, batchSize: Int = 100, seed: UInt64 = 0) throws {
@@ -179,7 +195,11 @@ public final class Trainer {
         }
         for _ in 0..<steps {
             let start = batchInEpoch * batchSize
-            let indices = order[start..<min(start + batchSize, data.count)]
+            var indices = order[start..<min(start + batchSize, data.count)]
+            if batchShare.ranks > 1 {
+                let count = indices.count, first = indices.startIndex
+                indices = indices[(first + count * batchShare.rank / batchShare.ranks)..<(first + count * (batchShare.rank + 1) / batchShare.ranks)]
+            }
             let value = try trainStep(input: data.inputs.gatheringRows(indices),
                                       target: data.targets.gatheringRows(indices))
             sum += Double(value)

@@ -176,9 +176,12 @@ public struct RunPlan: Sendable {
     public var resume: Bool
     public var logPath: String?
     public var plotPath: String?
+    /// This process's part of a distributed run (nil: not distributed); only rank 0 writes files.
+    public var distribution: DistributedTraining.Role?
 
     public init(configuration: RunConfiguration, steps: Int, logEvery: Int, checkpointDirectory: String? = nil,
-                checkpointEvery: Int = 500, resume: Bool = false, logPath: String? = nil, plotPath: String? = nil) {
+                checkpointEvery: Int = 500, resume: Bool = false, logPath: String? = nil, plotPath: String? = nil,
+                distribution: DistributedTraining.Role? = nil) {
         self.configuration = configuration
         self.steps = steps
         self.logEvery = logEvery
@@ -187,7 +190,11 @@ public struct RunPlan: Sendable {
         self.resume = resume
         self.logPath = logPath
         self.plotPath = plotPath
+        self.distribution = distribution
     }
+
+    /// Whether this process writes the log, the plot and the checkpoints.
+    var writesFiles: Bool { distribution?.isRoot ?? true }
 }
 
 /// Trains the same network from the same initial weights with each optimizer in turn on the same
@@ -219,7 +226,7 @@ public final class ComparisonRunner {
     /// Runs every optimizer of the plan; returns their results in the plan's order.
     public func run() throws -> [RunResult] {
         results = []
-        if let directory = plan.checkpointDirectory {
+        if let directory = plan.checkpointDirectory, plan.writesFiles {
             try CheckpointDirectory.prepare(directory, plan: plan)
         }
         for kind in plan.configuration.optimizers {
@@ -232,6 +239,7 @@ public final class ComparisonRunner {
 
     /// Rewrites the log and the plot with every run so far.
     private func writeOutputs() throws {
+        guard plan.writesFiles else { return }
         if let path = plan.logPath {
             try writeFile(path, CSVLog.render(results, classify: classify), what: "the log")
         }
@@ -251,6 +259,9 @@ public final class ComparisonRunner {
         let trainer = try Trainer(model: configuration.makeModel(), loss: configuration.makeLoss(),
                                   optimizer: hyper.makeOptimizer(kind), batchSize: configuration.batchSize,
                                   seed: configuration.seed)
+        if let role = plan.distribution {
+            try DistributedTraining.attach(trainer, role: role)
+        }
         var result = RunResult(kind: kind)
         if plan.resume, let directory = plan.checkpointDirectory,
            let saved = try CheckpointDirectory.loadState(directory, kind: kind) {
@@ -331,7 +342,7 @@ public final class ComparisonRunner {
     }
 
     private func saveCheckpoint(_ trainer: Trainer, _ result: RunResult) throws {
-        guard let directory = plan.checkpointDirectory else { return }
+        guard let directory = plan.checkpointDirectory, plan.writesFiles else { return }
         // The trainer first: a state file always points at a checkpoint that exists.
         try trainer.save(to: CheckpointDirectory.trainerPath(directory, kind: result.kind))
         try CheckpointDirectory.saveState(directory, result)

@@ -111,6 +111,11 @@ public struct TrainCommand: ParsableCommand {
         valueName: "dir"))
     public var resume: String?
 
+    @Flag(name: .long, help: ArgumentHelp(
+        "Data-parallel training over MPI: run under mpirun; each process trains on its part of every batch.",
+        discussion: "Needs a kronfac built with the package trait MPI (swift build -c release --traits MPI). Every process loads the same data; rank 0 prints and writes the log, plot and checkpoints. Example: mpirun -np 2 kronfac train --distributed --threads 1 ..."))
+    public var distributed = false
+
     /// The largest model accepted (its weights alone take 1 GiB).
     static let maximumParameters = 1 << 28
 
@@ -264,7 +269,23 @@ public struct TrainCommand: ParsableCommand {
     }
 
     public func run() throws {
-        let console = Console()
+        guard distributed else { return try run(role: nil) }
+        let role = try DistributedTraining.start()
+        do {
+            try run(role: role)
+        } catch {
+            if role.ranks > 1 {
+                DistributedTraining.abort(role, message: (error as? CLIError)?.message ?? (error as? KronfacError)?.message ?? "\(error)")
+            }
+            DistributedTraining.finish()
+            throw error
+        }
+        DistributedTraining.finish()
+    }
+
+    /// The run; `role` for a process of a distributed run (only rank 0 prints).
+    private func run(role: DistributedTraining.Role?) throws {
+        let console = role.map { $0.isRoot } ?? true ? Console() : Console(liveProgress: false, out: { _ in }, err: { _ in })
         let savedRun = try resume.map(CheckpointDirectory.load)
         let saved = savedRun?.configuration
         let (source, task, note) = try dataAndTask(saved: saved)
@@ -274,19 +295,24 @@ public struct TrainCommand: ParsableCommand {
         let loaded = try DataLoader.load(source, task: task, seed: seed ?? saved?.seed ?? 1)
         let configuration = try self.configuration(source: source, task: task, inputWidth: loaded.inputWidth,
                                                    classes: loaded.classes, saved: saved)
+        if let role {
+            try DistributedTraining.checkBatches(role, trainingCount: loaded.training.count, batchSize: configuration.batchSize)
+        }
         let batchesPerEpoch = (loaded.training.count + configuration.batchSize - 1) / configuration.batchSize
         let totalSteps = epochs.map { $0 * batchesPerEpoch } ?? steps ?? savedRun?.steps ?? Defaults.steps(task)
         let plan = RunPlan(
             configuration: configuration, steps: totalSteps,
             logEvery: logEvery ?? savedRun?.logEvery ?? max(1, (totalSteps + 29) / 30),
             checkpointDirectory: resume ?? checkpoint, checkpointEvery: checkpointEvery ?? savedRun?.checkpointEvery ?? 500,
-            resume: resume != nil, logPath: log ?? savedRun?.log, plotPath: plot ?? savedRun?.plot)
+            resume: resume != nil, logPath: log ?? savedRun?.log, plotPath: plot ?? savedRun?.plot,
+            distribution: role)
 
         console.line("data: \(loaded.summary) (loaded in \(String(format: "%.1f", Date().timeIntervalSince(loadStart))) s)")
         console.line("model: \(configuration.modelSummary); \(configuration.lossSummary)")
         let epochsText = String(format: "%.2f", Double(totalSteps) / Double(batchesPerEpoch))
         console.line("training: \(totalSteps) steps of batch \(configuration.batchSize) (\(epochsText) epochs) per optimizer, seed \(configuration.seed)")
         console.line("BLAS: \(BLASInfo.summary); \(CoreLibrary.buildInfo)")
+        if let role { console.line("distributed: \(role.ranks) MPI processes, each training on its part of every batch") }
         if let hint = BLASInfo.slowCoreHint { console.line(hint) }
 
         let runner = try ComparisonRunner(plan: plan, data: loaded, console: console)

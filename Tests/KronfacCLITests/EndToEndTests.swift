@@ -93,7 +93,7 @@ struct EndToEndTests {
 
     @Test("Bad input: one error line on stderr, a non-zero exit, never a crash",
           arguments: ["unknown option", "malformed widths", "missing data", "truncated", "wrong magic", "broken gzip",
-                      "resume from another model", "resume from nothing"])
+                      "resume from another model", "resume from nothing", "distributed without MPI"])
     func badInput(_ name: String) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -127,6 +127,12 @@ struct EndToEndTests {
             #expect(first.status == 0, "stderr: \(first.stderr)")
             args = ["train", "--resume", checkpoint, "--model", "36-20-10"]
             expected = "36-12-10"
+        case "distributed without MPI":
+            // The default build has no MPI: the option says how to get it (scripts/test_mpi runs
+            // the MPI build itself).
+            guard !DistributedTraining.isAvailable else { return }
+            args.append("--distributed")
+            expected = "--traits MPI"
         default:
             args = ["train", "--resume", dir.appendingPathComponent("nothing").path]
             expected = "no such directory"

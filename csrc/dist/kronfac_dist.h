@@ -1,5 +1,5 @@
 /*
- * kronfac_dist.h - data-parallel FOOF and K-FAC over MPI (the optional module kronfac_dist).
+ * kronfac_dist.h - data-parallel FOOF, K-FAC and EKFAC over MPI (the optional module kronfac_dist).
  *
  * Every rank holds the same model and the same kf_optimizer, runs forward and backward on its own
  * share of each batch, observes its local activations and output gradients as usual, and then
@@ -9,9 +9,19 @@
  *      on statistics steps, this step's batch factors (symmetric, so only their upper triangles);
  *   2. each rank factorises (inverts, or eigendecomposes) only the layers assigned to it, the
  *      assignment balanced by cost (kf_dist_assign);
- *   3. on steps that refresh inverses, one MPI_Allgatherv hands every rank the inverses the
- *      others computed (KAISA's gradient-worker fraction 1: every rank preconditions every layer);
- *   4. every rank then takes the same step, so the parameters stay identical without being sent.
+ *   3. then, by kf_dist_mode (KAISA's gradient-worker fraction):
+ *      KF_DIST_BROADCAST_INVERSES (fraction 1, the default): on steps that refresh inverses, one
+ *        MPI_Allgatherv hands every rank the inverses the others computed, and every rank
+ *        preconditions every layer;
+ *      KF_DIST_BROADCAST_DIRECTIONS (fraction 1/world): a layer's inverses stay with its owner,
+ *        which alone computes its preconditioned direction; one MPI_Allgatherv per step hands every
+ *        rank the directions the others computed;
+ *      EKFAC (inverses mode only): the eigenbases travel like inverses, and then one more
+ *        MPI_Allreduce sums the per-example diagonal, E[(U_G^T g a~^T U_A)^2] over every rank's
+ *        examples in the common bases, weighted like the gradients (George et al. 2018);
+ *   4. every rank then takes the same step (momentum, weight decay, KL-clip over the sum of all
+ *      layers, the finiteness check, the commit), so the parameters stay identical without being
+ *      sent. Both modes take bit-identical steps.
  * Two small agreement all-reduces per step make every error collective: when one rank fails
  * (a bad argument, mismatched layers, a failed factorisation) every rank returns an error and no
  * rank waits forever.
@@ -43,13 +53,33 @@ extern "C" {
 #endif
 
 /* What is broadcast after the factorisations (KAISA's gradient-worker fraction). */
+/* The trade, per step, for P ranks and preconditioned layers i of out_i x d_i (d_i = in_i + bias):
+ * both modes all-reduce sum_i out_i in_i (+ out_i with bias) gradient floats, plus, on
+ * statistics steps, sum_i d_i(d_i+1)/2 + out_i(out_i+1)/2 factor floats (K-FAC; FOOF: no out_i
+ * term). Then each rank receives
+ *   inverses mode:   on refresh steps only, the upper triangles d_i(d_i+1)/2 (+ out_i(out_i+1)/2)
+ *                    of the layers it does not own (eigenbases: d_i^2 + d_i + out_i^2 + out_i);
+ *                    every rank computes every direction (2 out d^2 + 2 out^2 d flops per layer);
+ *   directions mode: on every step, out_i d_i floats of each layer it does not own; it computes
+ *                    only its own layers' directions.
+ * The directions mode suits frequent refreshes (small T_inv) and wide layers (d^2 >> out d); the
+ * inverses mode suits T_inv >> 1. Memory: the optimizer plans its buffers at registration, before
+ * any assignment, and uses its inverse buffers as observation scratch, so every rank keeps them in
+ * both modes (non-owners leave them unfilled in directions mode); the handle's gather buffer
+ * (kf_dist_memory_bytes) holds sum_i of the inverse payloads (inverses mode) or of out_i d_i
+ * (directions mode). */
 typedef enum kf_dist_mode {
     KF_DIST_BROADCAST_INVERSES = 0,  /* fraction 1: the owners send inverses (or eigenbases) on
                                         refresh steps; every rank holds every inverse (default) */
-    KF_DIST_BROADCAST_DIRECTIONS = 1 /* fraction 1/world: the owners would send preconditioned
-                                        directions every step and hold only their own inverses.
-                                        Not available yet: kf_dist_create returns
-                                        KF_ERR_UNSUPPORTED */
+    KF_DIST_BROADCAST_DIRECTIONS = 1 /* fraction 1/world: the owners send their layers'
+                                        preconditioned directions every step and are the only
+                                        ranks that hold those layers' inverses. Not for EKFAC
+                                        (KF_ERR_UNSUPPORTED: its diagonal rotates every rank's
+                                        own examples, so every rank needs every eigenbasis).
+                                        kf_dist_save_file first sends rank 0 the inverses it lacks
+                                        (point to point), so the file is the inverses mode's.
+                                        After kf_dist_destroy the optimizer refreshes every
+                                        inverse on its next step (it lacked the others'). */
 } kf_dist_mode;
 
 typedef struct kf_dist_params {
@@ -65,8 +95,8 @@ typedef struct kf_dist kf_dist;
  * be the same (in order, shape, bias, shared axis, algorithm) on every rank, else every rank gets
  * KF_ERR_SHAPE. p may be NULL (defaults). The communicator is duplicated, so kf_dist's messages
  * never mix with the caller's. opt stays owned by the caller and must outlive the handle; step it
- * only through kf_dist_step from now on. EKFAC layers are refused (KF_ERR_UNSUPPORTED: their
- * per-example diagonal would need another all-reduce after the eigenbases are exchanged). */
+ * only through kf_dist_step from now on. KF_ERR_UNSUPPORTED for EKFAC layers in the directions
+ * mode, and for a factor wider than 46340 (its square would not fit one MPI message). */
 KF_API kf_status kf_dist_create(kf_optimizer *opt, MPI_Comm comm, const kf_dist_params *p,
                                 kf_dist **out);
 
@@ -118,18 +148,21 @@ KF_API kf_status kf_dist_restore_file(kf_dist *dist, const char *path);
 /* Counters since creation or the last reset, for this rank. */
 typedef struct kf_dist_stats {
     uint64_t steps;             /* kf_dist_step calls that succeeded */
-    uint64_t refresh_steps;     /* of which exchanged inverses */
+    uint64_t refresh_steps;     /* of which refreshed inverses */
     double step_seconds;        /* wall time inside kf_dist_step */
     double comm_seconds;        /* of which inside MPI calls (including waiting for other ranks) */
-    uint64_t floats_reduced;    /* floats all-reduced (each rank's contribution) */
-    uint64_t floats_gathered;   /* floats of inverses received from other ranks */
+    uint64_t floats_reduced;    /* floats all-reduced (each rank's contribution; EKFAC's diagonals
+                                   included) */
+    uint64_t floats_gathered;   /* floats received from other ranks: inverses (inverses mode) or
+                                   directions (directions mode) */
 } kf_dist_stats;
 
 KF_API kf_status kf_dist_get_stats(const kf_dist *dist, kf_dist_stats *stats);
 KF_API kf_status kf_dist_reset_stats(kf_dist *dist);
 
 /* Bytes held by the handle (besides the optimizer's own): the packed all-reduce buffer (the
- * gradients and the factors' upper triangles) and the all-gather buffer of the inverses. */
+ * gradients and the factors' upper triangles) and the all-gather buffer of the inverses (inverses
+ * mode; it also carries EKFAC's diagonals) or of the directions (directions mode). */
 KF_API kf_status kf_dist_memory_bytes(const kf_dist *dist, size_t *bytes);
 
 #ifdef __cplusplus

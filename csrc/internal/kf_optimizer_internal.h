@@ -37,6 +37,7 @@ typedef struct kf_layer {
     float *adam_v;         /* Adam's second moment */
     float *s, *s_next;     /* EKFAC: diagonal in the eigenbasis, out x dim_a */
     double s_weight;
+    int diag_pending;      /* during an EKFAC step: dir holds this batch's diagonal, not yet folded */
     /* EKFAC observations kept for the per-example diagonal: a~ rows (with the 1) and scaled g rows,
      * after the shared-axis treatment, plus room for their rotations. Grown at observation. */
     float *xobs, *gobs;
@@ -62,13 +63,25 @@ struct kf_optimizer {
     size_t obs_work_bytes;
 };
 
-/* A step whose refreshes are shared out (the distributed step of dist.c): owns(layer) says whether
- * this caller factorises the layer; exchange() runs after all statistics and refreshes and must
- * fill inv_next (and eig_next) of every refreshing layer it does not own, or fail (then the step
- * changes nothing). */
+/* A step whose work is shared out (the distributed step of dist.c). Every member may be NULL.
+ *   owns(layer): whether this caller factorises the layer (NULL: every layer).
+ *   exchange(): runs after all statistics and refreshes; must fill inv_next (and eig_next) of every
+ *     refreshing layer it does not own -- unless owns_direction says the caller never uses them --
+ *     or fail (then the step changes nothing).
+ *   reduce_diagonals(): EKFAC, after the exchange: every layer with diag_pending holds this
+ *     caller's batch diagonal (in the new bases) in dir; replace it by the diagonal of the whole
+ *     batch. Whatever it does, the finiteness check that follows must decide alike everywhere.
+ *   owns_direction(layer): whether this caller computes the direction of a preconditioned layer
+ *     (NULL: every layer). Layers it does not own get no direction here; then
+ *   exchange_directions(): runs after the owned directions (possibly non-finite: they are checked
+ *     after the exchange, so that every caller judges the same numbers) and must fill dir of every
+ *     preconditioned layer not owned. */
 typedef struct kf__step_hook {
     int (*owns)(void *ctx, size_t layer);
     kf_status (*exchange)(void *ctx, kf_optimizer *opt);
+    kf_status (*reduce_diagonals)(void *ctx, kf_optimizer *opt);
+    int (*owns_direction)(void *ctx, size_t layer);
+    kf_status (*exchange_directions)(void *ctx, kf_optimizer *opt);
     void *ctx;
 } kf__step_hook;
 kf_status kf__optimizer_step_hooked(kf_optimizer *opt, const kf_layer_tensors *layers,

@@ -66,11 +66,12 @@ struct kf_dist {
     size_t grad_floats;        /* the gradients' total; the factors follow */
     float *red;                /* the all-reduced buffer: gradients, then this step's factors */
     size_t red_cap;
-    float *gat;                /* the gathered inverses */
+    float *gat;                /* the gathered inverses or directions; EKFAC's diagonals */
     size_t gat_cap;
     int *counts, *displs;      /* of the Allgatherv, per rank */
     kf_layer_tensors *tensors; /* the step's layers: the caller's parameters, reduced gradients */
     int exchanged;             /* the hook's agreement has run in this step */
+    float w;                   /* this step's weight of the rank: n_local / sum of n_local */
     void *block;
     size_t block_bytes;
     kf_dist_stats stats;
@@ -183,6 +184,10 @@ static uint64_t state_hash(const kf_optimizer *opt)
         h = fnv(h, l->inverse_count);
         h = fnv_double(h, l->a.weight);
         h = fnv_double(h, l->g.weight);
+        if (l->p.algorithm == KF_ALGO_EKFAC) {
+            /* Whether the step has activation/gradient pairs for the diagonal (its all-reduce). */
+            h = fnv(h, (uint64_t)(l->xobs_rows > 0 && l->gobs_rows == l->xobs_rows));
+        }
     }
     return h;
 }
@@ -385,7 +390,7 @@ static kf_status create_local(kf_errbuf *e, kf_optimizer *opt, MPI_Comm comm,
     static const char fn[] = "kf_dist_create";
     kf_dist *d;
     kf_dist_params use;
-    size_t red = 0, gat = 0;
+    size_t red = 0, gat = 0, inv = 0, dirs = 0;
     double *load;
     job *jobs;
     int flag = 0;
@@ -401,12 +406,7 @@ static kf_status create_local(kf_errbuf *e, kf_optimizer *opt, MPI_Comm comm,
     if (p) {
         use = *p;
     }
-    if (use.mode == KF_DIST_BROADCAST_DIRECTIONS) {
-        return kf__fail(e, KF_ERR_UNSUPPORTED, "%s: KF_DIST_BROADCAST_DIRECTIONS (gradient-worker "
-                        "fraction 1/world) is not available yet; use KF_DIST_BROADCAST_INVERSES",
-                        fn);
-    }
-    if (use.mode != KF_DIST_BROADCAST_INVERSES) {
+    if (use.mode != KF_DIST_BROADCAST_INVERSES && use.mode != KF_DIST_BROADCAST_DIRECTIONS) {
         return kf__fail(e, KF_ERR_INVALID_ARGUMENT, "%s: mode %d is not a kf_dist_mode", fn,
                         (int)use.mode);
     }
@@ -415,20 +415,33 @@ static kf_status create_local(kf_errbuf *e, kf_optimizer *opt, MPI_Comm comm,
     }
     for (size_t i = 0; i < opt->n_layers; i++) {
         const kf_layer *l = &opt->layers[i];
-        if (l->p.algorithm == KF_ALGO_EKFAC) {
-            return kf__fail(e, KF_ERR_UNSUPPORTED, "%s: layer %zu uses EKFAC, which the distributed "
-                            "step does not support (its per-example diagonal would need another "
-                            "all-reduce after the eigenbases are exchanged)", fn, i);
+        size_t big = l->dim_a > l->p.out ? l->dim_a : l->p.out;
+        if (l->p.algorithm == KF_ALGO_EKFAC && use.mode == KF_DIST_BROADCAST_DIRECTIONS) {
+            return kf__fail(e, KF_ERR_UNSUPPORTED, "%s: layer %zu uses EKFAC, which "
+                            "KF_DIST_BROADCAST_DIRECTIONS does not support: EKFAC's diagonal "
+                            "rotates every rank's own examples into the eigenbases, so every rank "
+                            "needs every basis (use KF_DIST_BROADCAST_INVERSES)", fn, i);
+        }
+        if (l->precond && big > 46340) {
+            return kf__fail(e, KF_ERR_UNSUPPORTED, "%s: layer %zu: a %zu x %zu factor exceeds the "
+                            "%d elements one MPI message carries", fn, i, big, big, INT_MAX);
         }
         red += l->p.out * l->p.in + (l->p.bias ? l->p.out : 0);
         if (l->precond) {
             red += tri(l->dim_a) + (l->uses_g ? tri(l->p.out) : 0);
+            dirs += l->p.out * l->dim_a;
         }
-        gat += inverse_payload(l);
+        inv += inverse_payload(l);
     }
+    /* Inverses mode gathers inverses on refresh steps (and EKFAC's diagonals, out x dim_a per
+     * layer, fit in the same room: out dim_a <= (dim_a^2 + out^2) / 2); directions mode gathers
+     * the directions every step and never holds others' inverses. */
+    gat = use.mode == KF_DIST_BROADCAST_DIRECTIONS ? dirs : inv;
     if (gat > (size_t)INT_MAX) {
-        return kf__fail(e, KF_ERR_UNSUPPORTED, "%s: the inverses (%zu floats) exceed the %d "
-                        "elements one MPI_Allgatherv can carry", fn, gat, INT_MAX);
+        return kf__fail(e, KF_ERR_UNSUPPORTED, "%s: the %s (%zu floats) exceed the %d "
+                        "elements one MPI_Allgatherv can carry", fn,
+                        use.mode == KF_DIST_BROADCAST_DIRECTIONS ? "directions" : "inverses", gat,
+                        INT_MAX);
     }
     d = (kf_dist *)kf__alloc(&opt->alloc, sizeof *d);
     if (!d) {
@@ -546,6 +559,11 @@ void kf_dist_destroy(kf_dist *dist)
     }
     if (dist->comm != MPI_COMM_NULL) {
         MPI_Comm_free(&dist->comm);
+    }
+    if (dist->p.mode == KF_DIST_BROADCAST_DIRECTIONS && dist->size > 1) {
+        /* This rank holds no inverses of the layers it did not own: a step of the optimizer on
+         * its own refreshes them all first. */
+        dist->opt->force_refresh = 1;
     }
     free_dist(dist);
 }
@@ -860,6 +878,26 @@ static kf_status hook_exchange(void *ctx, kf_optimizer *opt)
     if (d->size == 1) {
         return KF_OK; /* nothing to send, and the inverses stay exactly as computed */
     }
+    if (d->p.mode == KF_DIST_BROADCAST_DIRECTIONS) {
+        /* Nothing to send either: only the owner ever uses a layer's inverses. It keeps them as
+         * the inverses mode would (the lower triangle mirrored from the upper one), so that both
+         * modes take the same steps bit for bit. */
+        int any = 0;
+        for (size_t i = 0; i < d->n_layers; i++) {
+            kf_layer *l = &opt->layers[i];
+            if (l->precond && l->refreshing) {
+                any = 1;
+                if (d->owner[i] == d->rank && !l->eigen) {
+                    mirror_upper(l->dim_a, l->a.inv_next);
+                    if (l->uses_g) {
+                        mirror_upper(l->p.out, l->g.inv_next);
+                    }
+                }
+            }
+        }
+        d->stats.refresh_steps += (uint64_t)any;
+        return KF_OK;
+    }
     for (int r = 0; r < d->size; r++) {
         d->counts[r] = 0;
     }
@@ -906,6 +944,102 @@ static kf_status hook_exchange(void *ctx, kf_optimizer *opt)
     return KF_OK;
 }
 
+static int hook_owns_direction(void *ctx, size_t layer)
+{
+    return hook_owns(ctx, layer);
+}
+
+/* Directions mode: one MPI_Allgatherv of the preconditioned layers' directions, each rank
+ * contributing those it owns (possibly non-finite: the optimizer checks them all afterwards). */
+static kf_status hook_exchange_directions(void *ctx, kf_optimizer *opt)
+{
+    kf_dist *d = (kf_dist *)ctx;
+    int total = 0;
+    double t;
+    float *cur;
+    if (d->size == 1) {
+        return KF_OK;
+    }
+    for (int r = 0; r < d->size; r++) {
+        d->counts[r] = 0;
+    }
+    for (size_t i = 0; i < d->n_layers; i++) {
+        const kf_layer *l = &opt->layers[i];
+        if (l->precond) {
+            d->counts[d->owner[i]] += (int)(l->p.out * l->dim_a);
+        }
+    }
+    for (int r = 0; r < d->size; r++) {
+        d->displs[r] = total;
+        total += d->counts[r];
+    }
+    if (total == 0) {
+        return KF_OK;
+    }
+    cur = d->gat + d->displs[d->rank];
+    for (size_t i = 0; i < d->n_layers; i++) {
+        const kf_layer *l = &opt->layers[i];
+        if (l->precond && d->owner[i] == d->rank) {
+            memcpy(cur, l->dir, l->p.out * l->dim_a * sizeof(float));
+            cur += l->p.out * l->dim_a;
+        }
+    }
+    timed_start(&t);
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, d->gat, d->counts, d->displs, MPI_FLOAT,
+                   d->comm);
+    timed_end(d, t);
+    for (int r = 0; r < d->size; r++) {
+        const float *src = d->gat + d->displs[r];
+        if (r == d->rank) {
+            continue;
+        }
+        for (size_t i = 0; i < d->n_layers; i++) {
+            kf_layer *l = &opt->layers[i];
+            if (l->precond && d->owner[i] == r) {
+                memcpy(l->dir, src, l->p.out * l->dim_a * sizeof(float));
+                src += l->p.out * l->dim_a;
+            }
+        }
+    }
+    d->stats.floats_gathered += (uint64_t)(total - d->counts[d->rank]);
+    return KF_OK;
+}
+
+/* EKFAC: the batch diagonals (each rank's own examples in the now common eigenbases, in dir) are
+ * summed over the ranks, weighted like the gradients, in one more MPI_Allreduce: the diagonal of
+ * the whole batch. Uses the gather buffer, idle once the inverses are unpacked. */
+static kf_status hook_reduce_diagonals(void *ctx, kf_optimizer *opt)
+{
+    kf_dist *d = (kf_dist *)ctx;
+    size_t count = 0;
+    float *cur = d->gat;
+    if (d->size == 1) {
+        return KF_OK;
+    }
+    for (size_t i = 0; i < d->n_layers; i++) {
+        const kf_layer *l = &opt->layers[i];
+        if (l->diag_pending) {
+            size_t nel = l->p.out * l->dim_a;
+            for (size_t k = 0; k < nel; k++) {
+                cur[k] = d->w * l->dir[k];
+            }
+            cur += nel;
+            count += nel;
+        }
+    }
+    allreduce_sum(d, d->gat, count);
+    cur = d->gat;
+    for (size_t i = 0; i < d->n_layers; i++) {
+        kf_layer *l = &opt->layers[i];
+        if (l->diag_pending) {
+            size_t nel = l->p.out * l->dim_a;
+            memcpy(l->dir, cur, nel * sizeof(float));
+            cur += nel;
+        }
+    }
+    return KF_OK;
+}
+
 /* After a failure past the all-reduce: the pending buffers hold reduced factors (or folded
  * averages), not this rank's observations; drop them on every rank alike. */
 static void drop_pending(kf_optimizer *opt)
@@ -947,6 +1081,7 @@ kf_status kf_dist_step(kf_dist *dist, const kf_layer_tensors *layers, size_t num
     /* Each rank's means weigh as its share of the global batch. With one rank, w = 1 and the step
      * is bit for bit kf_optimizer_step's. */
     w = d->size == 1 ? 1.0f : (float)((double)n_local / (double)all[AG_N_SUM]);
+    d->w = w;
     kf_optimizer_needs_statistics(opt, &stats);
     count = pack_step(d, layers, w, stats);
     allreduce_sum(d, d->red, count);
@@ -961,8 +1096,14 @@ kf_status kf_dist_step(kf_dist *dist, const kf_layer_tensors *layers, size_t num
         t2->ld_grad_weight = l->p.in;
         t2->grad_bias = l->p.bias ? d->red + d->grad_off[i] + l->p.out * l->p.in : NULL;
     }
+    memset(&hook, 0, sizeof hook);
     hook.owns = hook_owns;
     hook.exchange = hook_exchange;
+    hook.reduce_diagonals = hook_reduce_diagonals;
+    if (d->p.mode == KF_DIST_BROADCAST_DIRECTIONS) {
+        hook.owns_direction = hook_owns_direction;
+        hook.exchange_directions = hook_exchange_directions;
+    }
     hook.ctx = d;
     d->exchanged = 0;
     s = kf__optimizer_step_hooked(opt, d->tensors, d->n_layers, &hook);
@@ -991,12 +1132,57 @@ typedef struct root_report {
     char msg[KF_MSG_CAP];
 } root_report;
 
+/* Directions mode: rank 0 receives the current inverses (or eigenbases) of the layers it does not
+ * own straight into its optimizer's buffers, one message per matrix from the owner, in layer
+ * order (which every rank knows, so the messages always match); then rank 0 holds what one
+ * process would hold. */
+static void gather_inverses_to_root(kf_dist *d)
+{
+    kf_optimizer *opt = d->opt;
+    double t;
+    if (d->p.mode != KF_DIST_BROADCAST_DIRECTIONS || d->size == 1) {
+        return;
+    }
+    timed_start(&t);
+    for (size_t i = 0; i < d->n_layers; i++) {
+        kf_layer *l = &opt->layers[i];
+        float *bufs[4];
+        int counts[4], nb = 0;
+        if (!l->precond || !l->has_inverse || d->owner[i] == 0 ||
+            (d->rank != 0 && d->rank != d->owner[i])) {
+            continue;
+        }
+        bufs[nb] = l->a.inv;
+        counts[nb++] = (int)(l->dim_a * l->dim_a);
+        if (l->uses_g) {
+            bufs[nb] = l->g.inv;
+            counts[nb++] = (int)(l->p.out * l->p.out);
+        }
+        if (l->eigen) {
+            bufs[nb] = l->a.eig;
+            counts[nb++] = (int)l->dim_a;
+            bufs[nb] = l->g.eig;
+            counts[nb++] = (int)l->p.out;
+        }
+        for (int k = 0; k < nb; k++) {
+            if (d->rank == 0) {
+                MPI_Recv(bufs[k], counts[k], MPI_FLOAT, d->owner[i], 71, d->comm,
+                         MPI_STATUS_IGNORE);
+            } else {
+                MPI_Send(bufs[k], counts[k], MPI_FLOAT, 0, 71, d->comm);
+            }
+        }
+    }
+    timed_end(d, t);
+}
+
 kf_status kf_dist_save_file(kf_dist *dist, const char *path)
 {
     root_report rep;
     if (!dist) {
         return KF_ERR_NULL_POINTER;
     }
+    gather_inverses_to_root(dist);
     memset(&rep, 0, sizeof rep);
     if (dist->rank == 0) {
         if (!path) {

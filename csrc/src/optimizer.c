@@ -978,7 +978,7 @@ static void assemble_grad(const kf_layer *l, const grad_source *g, size_t i, flo
 /* Phase 1 for one layer: fold statistics into pending, refresh inverses or eigenbases into the
  * _next buffers. Fallible; writes nothing that phase 3 does not swap in. */
 static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due, int factorise,
-                            plan *pl, void *fact_scratch, float *tmp)
+                            plan *pl, void *fact_scratch)
 {
     kf_layer *l = &opt->layers[i];
     const float *fa, *fg = NULL;
@@ -1062,38 +1062,50 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
             return kf__prefix(&opt->err, s, where);
         }
     }
-    if (l->p.algorithm == KF_ALGO_EKFAC) {
-        const float *qa = pl->refresh ? l->a.inv_next : l->a.inv;
-        const float *qg = pl->refresh ? l->g.inv_next : l->g.inv;
-        size_t nel = l->p.out * l->dim_a;
-        int have_pairs = pl->fold_g && l->xobs_rows > 0 && l->gobs_rows == l->xobs_rows;
-        const float *prior = l->s;
-        double w_prior = l->s_weight;
-        if (pl->refresh) {
-            /* A new basis: restart from K-FAC's diagonal beta alpha^T (George et al. 2018). */
-            const float *ea = l->a.eig_next, *eg = l->g.eig_next;
-            for (size_t r = 0; r < l->p.out; r++) {
-                float b = eg[r] > 0.0f ? eg[r] : 0.0f;
-                for (size_t c = 0; c < l->dim_a; c++) {
-                    l->s_next[r * l->dim_a + c] = b * (ea[c] > 0.0f ? ea[c] : 0.0f);
-                }
+    return KF_OK;
+}
+
+/* Phase 1b for an EKFAC layer, once its bases are known (after the exchange of a distributed
+ * step): on a refresh, restart the diagonal from K-FAC's beta alpha^T in the new bases (George et
+ * al. 2018); with this step's observations, this batch's own diagonal into dir (free until phase
+ * 2), marked diag_pending for the fold. */
+static void ekfac_batch(kf_layer *l, plan *pl, float *tmp)
+{
+    const float *qa = pl->refresh ? l->a.inv_next : l->a.inv;
+    const float *qg = pl->refresh ? l->g.inv_next : l->g.inv;
+    l->diag_pending = pl->fold_g && l->xobs_rows > 0 && l->gobs_rows == l->xobs_rows;
+    if (pl->refresh) {
+        const float *ea = l->a.eig_next, *eg = l->g.eig_next;
+        for (size_t r = 0; r < l->p.out; r++) {
+            float b = eg[r] > 0.0f ? eg[r] : 0.0f;
+            for (size_t c = 0; c < l->dim_a; c++) {
+                l->s_next[r * l->dim_a + c] = b * (ea[c] > 0.0f ? ea[c] : 0.0f);
             }
-            prior = l->s_next;
-            w_prior = 1.0;
-            pl->ws = 1.0;
-            pl->s_update = 1;
         }
-        if (have_pairs) {
-            /* The batch diagonal goes to dir (free until phase 2), then is folded in. */
-            ekfac_batch_diag(l, qa, qg, l->dir, tmp);
-            if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
-                return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layer %zu: the EKFAC diagonal of "
-                                "this batch overflows", i);
-            }
-            pl->ws = fold_s(nel, prior, w_prior, l->dir, l->s_next, decay);
-            pl->s_update = 1;
-        }
+        pl->ws = 1.0;
+        pl->s_update = 1;
     }
+    if (l->diag_pending) {
+        ekfac_batch_diag(l, qa, qg, l->dir, tmp);
+    }
+}
+
+/* Phase 1c for an EKFAC layer: folds the batch diagonal in dir into the moving average. */
+static kf_status ekfac_fold(kf_optimizer *opt, size_t i, plan *pl)
+{
+    kf_layer *l = &opt->layers[i];
+    const float *prior = pl->refresh ? l->s_next : l->s;
+    double w_prior = pl->refresh ? 1.0 : l->s_weight;
+    if (!l->diag_pending) {
+        return KF_OK;
+    }
+    l->diag_pending = 0;
+    if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
+        return kf__fail(&opt->err, KF_ERR_NON_FINITE, "layer %zu: the EKFAC diagonal of this "
+                        "batch overflows", i);
+    }
+    pl->ws = fold_s(l->p.out * l->dim_a, prior, w_prior, l->dir, l->s_next, opt->p.factor_decay);
+    pl->s_update = 1;
     return KF_OK;
 }
 
@@ -1274,7 +1286,7 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
     float *v, *t1, *bw = NULL;
     void *fact;
     size_t maxmat = 0;
-    int stats, inv_due;
+    int stats, inv_due, any_diag = 0, split;
     double dot_sum = 0.0;
     float nu = 1.0f, lr = opt->p.learning_rate;
     kf_status s = KF_OK;
@@ -1318,7 +1330,7 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
     /* Phase 1: statistics and refreshes (fallible; nothing visible changes). */
     for (i = 0; i < opt->n_layers; i++) {
         int mine = !hook || !hook->owns || hook->owns(hook->ctx, i);
-        if ((s = plan_layer(opt, i, stats, inv_due, mine, &plans[i], fact, t1)) != KF_OK) {
+        if ((s = plan_layer(opt, i, stats, inv_due, mine, &plans[i], fact)) != KF_OK) {
             drop_folded(opt, plans, i + 1);
             return kf__prefix(&opt->err, s, fn);
         }
@@ -1327,10 +1339,38 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         drop_folded(opt, plans, opt->n_layers);
         return kf__prefix(&opt->err, s, fn);
     }
-    /* Phase 2: directions (infallible but for a non-finite result). */
+    /* EKFAC's diagonal needs the bases, which the exchange completes. */
+    for (i = 0; i < opt->n_layers; i++) {
+        if (opt->layers[i].p.algorithm == KF_ALGO_EKFAC) {
+            ekfac_batch(&opt->layers[i], &plans[i], t1);
+            any_diag |= opt->layers[i].diag_pending;
+        }
+    }
+    if (any_diag && hook && hook->reduce_diagonals &&
+        (s = hook->reduce_diagonals(hook->ctx, opt)) != KF_OK) {
+        drop_folded(opt, plans, opt->n_layers);
+        return kf__prefix(&opt->err, s, fn);
+    }
+    for (i = 0; i < opt->n_layers; i++) {
+        if ((s = ekfac_fold(opt, i, &plans[i])) != KF_OK) {
+            drop_folded(opt, plans, opt->n_layers);
+            return kf__prefix(&opt->err, s, fn);
+        }
+    }
+    /* Phase 2: directions (infallible but for a non-finite result). When the directions are
+     * shared out, each caller computes those it owns, the exchange brings the others, and only
+     * then is every direction checked (by every caller alike) and the KL-clip's sum formed. */
+    split = hook && hook->owns_direction && hook->exchange_directions;
     for (i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
-        double dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
+        double dot;
+        if (split && l->precond && !hook->owns_direction(hook->ctx, i)) {
+            continue;
+        }
+        dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
+        if (split) {
+            continue;
+        }
         if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
             drop_folded(opt, plans, opt->n_layers);
             return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is not "
@@ -1338,6 +1378,30 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         }
         if (l->precond) {
             dot_sum += dot;
+        }
+    }
+    if (split) {
+        if ((s = hook->exchange_directions(hook->ctx, opt)) != KF_OK) {
+            drop_folded(opt, plans, opt->n_layers);
+            return kf__prefix(&opt->err, s, fn);
+        }
+        for (i = 0; i < opt->n_layers; i++) {
+            kf_layer *l = &opt->layers[i];
+            size_t nel = l->p.out * l->dim_a;
+            if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
+                drop_folded(opt, plans, opt->n_layers);
+                return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is "
+                                "not finite (increase the damping?)", fn, i);
+            }
+            if (l->precond && opt->p.kl_clip > 0.0f) {
+                /* <d, V> as direction() forms it, so that the sum is the same bits. */
+                double dot = 0.0;
+                assemble_grad(l, g, i, v);
+                for (size_t k = 0; k < nel; k++) {
+                    dot += (double)l->dir[k] * (double)v[k];
+                }
+                dot_sum += dot;
+            }
         }
     }
     if (opt->p.kl_clip > 0.0f && dot_sum != 0.0) {
