@@ -197,3 +197,24 @@ struct TrainingTests {
         #expect(!bitwiseEqual(try run(seed: 3), try run(seed: 4)))
     }
 }
+
+@Test("A batch share trains on its part of every batch; the parts' SGD steps average to the whole batch's")
+func batchShareSplitsBatches() throws {
+    let data = try Dataset(inputs: randomTensor([12, 5], seed: 1), targets: randomTensor([12, 3], seed: 2))
+    func trained(share: (Int, Int)?) throws -> [Tensor] {
+        let trainer = try Trainer(model: Sequential(seed: 4, Dense(5, 6), Tanh(), Dense(6, 3)), loss: MeanSquaredError(),
+                                  optimizer: SGD(learningRate: 0.1, momentum: 0), batchSize: 12, seed: 7)
+        if let share { try trainer.setBatchShare(rank: share.0, ranks: share.1) }
+        try trainer.fit(data, steps: 1)
+        return parameterSnapshot(trainer.model)
+    }
+    let whole = try trained(share: nil), first = try trained(share: (0, 2)), second = try trained(share: (1, 2))
+    // One SGD step is linear in the gradient, and the halves' mean-loss gradients average to the whole's.
+    for (w, (a, b)) in zip(whole, zip(first, second)) {
+        for (x, (y, z)) in zip(w.scalars, zip(a.scalars, b.scalars)) { #expect(abs(x - (y + z) / 2) <= 1e-6) }
+    }
+    #expect(!bitwiseEqual(first, whole) && !bitwiseEqual(second, whole) && !bitwiseEqual(first, second))
+    expectKronfacError(.invalidArgument) {
+        try Trainer(model: Sequential(Dense(1, 1)), loss: MeanSquaredError(), optimizer: SGD()).setBatchShare(rank: 2, ranks: 2)
+    }
+}
