@@ -114,7 +114,9 @@ KF_API const char *kf_context_last_error(const kf_context *ctx);
 KF_API kf_status kf_context_memory_bytes(const kf_context *ctx, size_t *bytes);
 /* Grows the workspace up front so that later primitives on matrices of dimension up to max_dim
  * (factors and gradients with rows and columns <= max_dim, batches of up to max_rows rows) do not
- * allocate. Optional: primitives grow the workspace themselves when needed. */
+ * allocate. Optional: primitives grow the workspace themselves when needed. The convolution
+ * functions called with col = NULL need R * in floats, twice that for kf_conv2d_backward with dx
+ * (R = OH * OW, in = C_in * KH * KW): max_dim = in with max_rows = 2 R covers them. */
 KF_API kf_status kf_context_reserve(kf_context *ctx, size_t max_dim, size_t max_rows);
 
 /* ------------------------------------------------------------------------------------------------

@@ -732,6 +732,23 @@ static void test_errors(kf_context *ctx)
         }
         RESET();
     }
+
+    /* kf_context_reserve(in, 2 R) plans the workspace of the col = NULL paths (kronfac.h): after
+     * it, a context that can allocate nothing more runs them. */
+    {
+        stingy st = {2}; /* the context, then the reserved workspace */
+        kf_allocator al = {stingy_alloc, stingy_free, &st};
+        kf_context *planned = NULL;
+        CHECK_STATUS(kf_context_create(&al, &planned), KF_OK);
+        if (planned) {
+            CHECK_STATUS(kf_context_reserve(planned, K, 2 * 16), KF_OK);
+            CHECK(st.budget == 0);
+            CHECK_STATUS(kf_conv2d_forward(planned, &s, x, w, K, b, NULL, 0, y), KF_OK);
+            CHECK_STATUS(kf_conv2d_backward(planned, &s, x, NULL, 0, dy, w, K, dw, K, db, dx), KF_OK);
+            kf_context_destroy(planned);
+        }
+        RESET();
+    }
 #undef RESET
 #undef UNCHANGED
 #undef HAS_MSG
