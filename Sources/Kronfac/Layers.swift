@@ -1,4 +1,5 @@
 import Foundation
+internal import CKronfac
 
 /// Which backward pass a gradient belongs to.
 public enum BackwardPass: Sendable {
@@ -429,47 +430,43 @@ public final class Dense: Layer, InputGradientSkipping {
 // MARK: - Activations
 
 /// The elementwise nonlinearities; they keep their last output, from which every derivative
-/// here follows (ReLU: y > 0, tanh: 1 - y^2, sigmoid: y (1 - y)).
+/// here follows (ReLU: y > 0, tanh: 1 - y^2, sigmoid: y (1 - y)). The loops are the core's
+/// (kf_activation_forward/backward), vectorised; NaN stays NaN so that bad data is caught.
 enum ActivationKind: Sendable {
     case identity, relu, tanh, sigmoid
 
-    func apply(_ input: Tensor) -> Tensor {
-        if self == .identity { return input }
-        var result = input
-        result.withUnsafeMutableBufferPointer { buffer in
-            switch self {
-            case .identity: break
-            case .relu:
-                for i in buffer.indices where !(buffer[i] > 0) {
-                    // NaN stays NaN so that bad data is caught, not hidden.
-                    if !buffer[i].isNaN { buffer[i] = 0 }
-                }
-            case .tanh:
-                for i in buffer.indices { buffer[i] = Foundation.tanh(buffer[i]) }
-            case .sigmoid:
-                for i in buffer.indices { buffer[i] = stableSigmoid(buffer[i]) }
-            }
+    var core: kf_activation {
+        switch self {
+        case .identity: return KF_ACTIVATION_IDENTITY
+        case .relu: return KF_ACTIVATION_RELU
+        case .tanh: return KF_ACTIVATION_TANH
+        case .sigmoid: return KF_ACTIVATION_SIGMOID
         }
-        return result
     }
 
-    func derivativeTimes(_ gradient: Tensor, output: Tensor) -> Tensor {
+    func apply(_ input: Tensor, context: KernelContext) throws -> Tensor {
+        if self == .identity { return input }
+        let scalars = try input.withUnsafeBufferPointer { x in
+            try [Float](unsafeUninitializedCapacity: x.count) { y, initialized in
+                try context.check(kf_activation_forward(context.handle, core, x.count, x.baseAddress, y.baseAddress))
+                initialized = x.count
+            }
+        }
+        return Tensor(uncheckedShape: input.shape, scalars: scalars)
+    }
+
+    func derivativeTimes(_ gradient: Tensor, output: Tensor, context: KernelContext) throws -> Tensor {
         if self == .identity { return gradient }
-        var result = gradient
-        output.withUnsafeBufferPointer { y in
-            result.withUnsafeMutableBufferPointer { g in
-                switch self {
-                case .identity: break
-                case .relu:
-                    for i in g.indices where !(y[i] > 0) { g[i] = 0 }
-                case .tanh:
-                    for i in g.indices { g[i] *= 1 - y[i] * y[i] }
-                case .sigmoid:
-                    for i in g.indices { g[i] *= y[i] * (1 - y[i]) }
+        let scalars = try output.withUnsafeBufferPointer { y in
+            try gradient.withUnsafeBufferPointer { dy in
+                try [Float](unsafeUninitializedCapacity: dy.count) { dx, initialized in
+                    try context.check(kf_activation_backward(
+                        context.handle, core, dy.count, y.baseAddress, dy.baseAddress, dx.baseAddress))
+                    initialized = dy.count
                 }
             }
         }
-        return result
+        return Tensor(uncheckedShape: gradient.shape, scalars: scalars)
     }
 }
 
@@ -487,17 +484,27 @@ func stableSigmoid(_ x: Float) -> Float {
 struct ActivationState {
     let kind: ActivationKind
     var lastOutput: Tensor?
+    private var contextStorage: KernelContext?
+
+    init(kind: ActivationKind) { self.kind = kind }
+
+    private mutating func context() throws -> KernelContext {
+        if let contextStorage { return contextStorage }
+        let created = try KernelContext()
+        contextStorage = created
+        return created
+    }
 
     mutating func forward(_ input: Tensor, name: String) throws -> Tensor {
         guard input.rank >= 1, input.rowCount > 0, input.scalarCount > 0 else {
             throw KronfacError(.shape, "\(name) input is an empty batch (shape \(input.shape))")
         }
-        let output = kind.apply(input)
+        let output = try kind.apply(input, context: context())
         lastOutput = output
         return output
     }
 
-    func backward(_ gradient: Tensor, name: String) throws -> Tensor {
+    mutating func backward(_ gradient: Tensor, name: String) throws -> Tensor {
         guard let lastOutput else {
             throw KronfacError(.state, "\(name).backward called before forward")
         }
@@ -505,7 +512,7 @@ struct ActivationState {
             throw KronfacError(.shape,
                 "\(name) output gradient has shape \(gradient.shape), the last forward output had \(lastOutput.shape)")
         }
-        return kind.derivativeTimes(gradient, output: lastOutput)
+        return try kind.derivativeTimes(gradient, output: lastOutput, context: context())
     }
 }
 

@@ -26,7 +26,7 @@ from ._conv import (col2im, conv2d, conv2d_backward, conv2d_output_rows, conv2d_
                     im2col)
 from ._errors import KronfacError, Status, status_string
 from ._optimizer import ALGORITHMS, Optimizer
-from ._primitives import (activation_factor, build_info, damped_inverse, eigenbasis_apply,
+from ._primitives import (activate, activation_factor, activation_gradient, build_info, damped_inverse, eigenbasis_apply,
                           foof_direction, gradient_factor, has_blas, kfac_direction,
                           kronecker_apply, library_path, pi, sym_eig, version)
 
@@ -37,7 +37,9 @@ __all__ = [
     "KronfacError",
     "Optimizer",
     "Status",
+    "activate",
     "activation_factor",
+    "activation_gradient",
     "build_info",
     "col2im",
     "conv2d",

@@ -138,6 +138,9 @@ FUNCTIONS = {
     "kf_eigenbasis_apply": (_ST, [_CTX, _S, _S, _FP, _S, _FP, _S, _FP, _FP, _S, _FP,
                                   _FP, _S, _F, _FP, _S]),
     "kf_kfac_exact_direction": (_ST, [_CTX, _S, _S, _FP, _S, _FP, _S, _FP, _S, _F, _FP, _S]),
+    # activations
+    "kf_activation_forward": (_ST, [_CTX, c_enum, _S, _FP, _FP]),
+    "kf_activation_backward": (_ST, [_CTX, c_enum, _S, _FP, _FP, _FP]),
     # convolutions
     "kf_conv2d_shape_init": (_ST, [ctypes.POINTER(kf_conv2d_shape), _S, _S, _S, _S, _S, _S, _S]),
     "kf_conv2d_output_size": (_ST, [_CTX, ctypes.POINTER(kf_conv2d_shape), c_size_p, c_size_p]),

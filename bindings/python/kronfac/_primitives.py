@@ -254,3 +254,38 @@ def _eig_input(pair, name, dim):
         raise shape_error(f"{name} must hold {dim} eigenvalues and {dim} x {dim} eigenvectors, "
                           f"got {w.shape} and {q.shape}")
     return w, q, ldq
+
+
+_ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
+
+
+def _activation_value(kind):
+    try:
+        return _ACTIVATIONS[kind]
+    except (KeyError, TypeError):
+        raise ValueError("kind must be 'identity', 'relu', 'tanh' or 'sigmoid', "
+                         f"got {kind!r}") from None
+
+
+def activate(x, kind):
+    """f(x) element-wise (kf_activation_forward) for kind 'identity', 'relu', 'tanh' or
+    'sigmoid': a new float32 array of x's shape. NaN stays NaN."""
+    value = _activation_value(kind)
+    xa = np.ascontiguousarray(as_float_array(x, "x"), dtype=np.float32)
+    y = np.empty_like(xa)
+    if xa.size:
+        _ctx().call("kf_activation_forward", value, xa.size, ptr(xa), ptr(y))
+    return y
+
+
+def activation_gradient(y, dy, kind):
+    """f'(x) * dy from the outputs y = f(x) (kf_activation_backward): a new float32 array."""
+    value = _activation_value(kind)
+    ya = np.ascontiguousarray(as_float_array(y, "y"), dtype=np.float32)
+    dya = np.ascontiguousarray(as_float_array(dy, "dy"), dtype=np.float32)
+    if ya.shape != dya.shape:
+        raise shape_error(f"y has shape {ya.shape} but dy has {dya.shape}")
+    dx = np.empty_like(dya)
+    if dya.size:
+        _ctx().call("kf_activation_backward", value, dya.size, ptr(ya), ptr(dya), ptr(dx))
+    return dx
