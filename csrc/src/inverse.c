@@ -63,35 +63,74 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
     return (t > 0.0 && isfinite(t)) ? t : 1.0;
 }
 
-static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+/* Tile edge of the symmetrising copies: the transposed read of a 32 x 32 tile stays in L1, where a
+ * plain loop would miss the cache on every element of the strided side for large n. */
+#define KF_SYM_TILE 32
+
+/* w = (f + f^T) / 2 + shift I, both triangles written. */
+static void sym_copy_f(size_t n, const float *f, size_t ldf, float shift, float *w)
 {
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < n; j++) {
-            w[i * n + j] = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
+    for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
+        size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
+        for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {
+            size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;
+            for (size_t i = ib; i < ie; i++) {
+                size_t jend = je < i + 1 ? je : i + 1;
+                for (size_t j = jb; j < jend; j++) {
+                    float v = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
+                    w[i * n + j] = v;
+                    w[j * n + i] = v;
+                }
+            }
         }
+    }
+    for (size_t i = 0; i < n; i++) {
         w[i * n + i] += shift;
     }
+}
+
+static void sym_copy_d(size_t n, const float *f, size_t ldf, double shift, double *w)
+{
+    for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
+        size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
+        for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {
+            size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;
+            for (size_t i = ib; i < ie; i++) {
+                size_t jend = je < i + 1 ? je : i + 1;
+                for (size_t j = jb; j < jend; j++) {
+                    double v = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
+                    w[i * n + j] = v;
+                    w[j * n + i] = v;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        w[i * n + i] += shift;
+    }
+}
+
+/* 1 if every entry is finite and within the float range (a near-singular inverse can exceed
+ * FLT_MAX in double). One pass: NaN fails the comparison too. */
+static int fits_float_d(size_t rows, size_t n, const double *w)
+{
+    int ok = 1;
+    for (size_t i = 0; i < rows * n; i++) {
+        ok &= fabs(w[i]) <= 3.0e38;
+    }
+    return ok;
+}
+
+static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+{
+    sym_copy_f(n, f, ldf, shift, w);
     return kf__spd_inverse_f(n, w, n) == 0 && kf__all_finite(n, n, w, n);
 }
 
 static int try_double(size_t n, const float *f, size_t ldf, double shift, double *w)
 {
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < n; j++) {
-            w[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
-        }
-        w[i * n + i] += shift;
-    }
-    if (kf__spd_inverse_d(n, w, n) != 0 || !kf__all_finite_d(n, n, w, n)) {
-        return 0;
-    }
-    /* The float result must be finite too (a near-singular inverse can exceed FLT_MAX). */
-    for (size_t i = 0; i < n * n; i++) {
-        if (!(fabs(w[i]) <= 3.0e38)) {
-            return 0;
-        }
-    }
-    return 1;
+    sym_copy_d(n, f, ldf, shift, w);
+    return kf__spd_inverse_d(n, w, n) == 0 && fits_float_d(n, n, w);
 }
 
 kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
@@ -124,6 +163,132 @@ kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t l
                 for (size_t j = 0; j < n; j++) {
                     inv[i * ldinv + j] = (float)wd[i * n + j];
                 }
+            }
+            if (jitter_used) {
+                *jitter_used = (float)jitter;
+            }
+            return KF_OK;
+        }
+    }
+    return kf__fail(e, KF_ERR_NOT_POSITIVE_DEFINITE,
+                    "factor (%zu x %zu) + damping %g is not positive definite, even with jitter "
+                    "up to %g",
+                    n, n, (double)damping, jitter);
+}
+
+/* ---- the blocked Cholesky factor (factor + solve instead of an explicit inverse) --------------- */
+
+/* In place: the lower triangular b x b block at a (row stride lda) becomes its inverse. Row i of
+ * W = B^{-1} needs only the rows above it: W[i][j] = -(sum_{j<=k<i} B[i][k] W[k][j]) / B[i][i],
+ * accumulated aside so that row i of B is read whole before it is overwritten. */
+static void trinv_lower_block_d(size_t b, double *a, size_t lda)
+{
+    double acc[KF_CHOL_NB];
+    for (size_t i = 0; i < b; i++) {
+        double *ri = a + i * lda, inv = 1.0 / ri[i];
+        for (size_t j = 0; j < i; j++) {
+            acc[j] = 0.0;
+        }
+        for (size_t k = 0; k < i; k++) {
+            const double c = ri[k], *wk = a + k * lda;
+            for (size_t j = 0; j <= k; j++) {
+                acc[j] += c * wk[j];
+            }
+        }
+        for (size_t j = 0; j < i; j++) {
+            ri[j] = -acc[j] * inv;
+        }
+        ri[i] = inv;
+    }
+}
+
+static void trinv_lower_block_f(size_t b, float *a, size_t lda)
+{
+    float acc[KF_CHOL_NB];
+    for (size_t i = 0; i < b; i++) {
+        float *ri = a + i * lda, inv = 1.0f / ri[i];
+        for (size_t j = 0; j < i; j++) {
+            acc[j] = 0.0f;
+        }
+        for (size_t k = 0; k < i; k++) {
+            const float c = ri[k], *wk = a + k * lda;
+            for (size_t j = 0; j <= k; j++) {
+                acc[j] += c * wk[j];
+            }
+        }
+        for (size_t j = 0; j < i; j++) {
+            ri[j] = -acc[j] * inv;
+        }
+        ri[i] = inv;
+    }
+}
+
+static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+{
+    sym_copy_f(n, f, ldf, shift, w);
+    if (kf__spd_cholesky_f(n, w, n) != 0) {
+        return 0;
+    }
+    for (size_t j = 0; j < n; j += KF_CHOL_NB) {
+        trinv_lower_block_f(n - j < KF_CHOL_NB ? n - j : KF_CHOL_NB, w + j * n + j, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!kf__all_finite(1, i + 1, w + i * n, n)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w)
+{
+    sym_copy_d(n, f, ldf, shift, w);
+    if (kf__spd_cholesky_d(n, w, n) != 0) {
+        return 0;
+    }
+    for (size_t j = 0; j < n; j += KF_CHOL_NB) {
+        trinv_lower_block_d(n - j < KF_CHOL_NB ? n - j : KF_CHOL_NB, w + j * n + j, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!fits_float_d(1, i + 1, w + i * n)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
+                                 kf_precision precision, float *lb, size_t ldl, float *jitter_used,
+                                 void *scratch)
+{
+    double unit, jitter = 0.0;
+    double *wd = (double *)scratch;
+    if (!kf__all_finite(n, n, f, ldf)) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
+    }
+    if (precision == KF_PRECISION_FLOAT) {
+        float *wf = (float *)scratch;
+        if (chol_float(n, f, ldf, damping, wf)) {
+            for (size_t i = 0; i < n; i++) {
+                memcpy(lb + i * ldl, wf + i * n, (i + 1) * sizeof *lb);
+                memset(lb + i * ldl + i + 1, 0, (n - i - 1) * sizeof *lb);
+            }
+            if (jitter_used) {
+                *jitter_used = 0.0f;
+            }
+            return KF_OK;
+        }
+    }
+    /* The same chain as kf__damped_inverse_ws, so both paths accept the same factors. */
+    unit = diag_unit(n, f, ldf);
+    for (double rel = 0.0; rel <= KF_JITTER_LAST * 1.0001; rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
+        jitter = rel * unit;
+        if (chol_double(n, f, ldf, (double)damping + jitter, wd)) {
+            for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j <= i; j++) {
+                    lb[i * ldl + j] = (float)wd[i * n + j];
+                }
+                memset(lb + i * ldl + i + 1, 0, (n - i - 1) * sizeof *lb);
             }
             if (jitter_used) {
                 *jitter_used = (float)jitter;

@@ -212,6 +212,16 @@ int kf__spd_inverse_d(size_t n, double *a, size_t lda)
     return 0;
 }
 
+/* The upper factor U (A = U^T U), copied transposed into the lower triangle: L = U^T. */
+int kf__spd_cholesky_d(size_t n, double *a, size_t lda)
+{
+    if (chol_upper_d(n, a, lda) != 0) {
+        return 1;
+    }
+    upper_to_lower_d(n, a, lda);
+    return 0;
+}
+
 /* ---- float kernels: the double ones above, line by line, in float ---------------------------- */
 
 static void axpy_f(size_t len, float c, const float *restrict x, float *restrict y)
@@ -340,6 +350,15 @@ static void lauum_lower_to_upper_f(size_t n, float *a, size_t lda)
             a[i * lda + i] = diag[i - i0];
         }
     }
+}
+
+int kf__spd_cholesky_f(size_t n, float *a, size_t lda)
+{
+    if (chol_upper_f(n, a, lda) != 0) {
+        return 1;
+    }
+    upper_to_lower_f(n, a, lda);
+    return 0;
 }
 
 int kf__spd_inverse_f(size_t n, float *a, size_t lda)

@@ -18,6 +18,68 @@ void kf__kronecker_apply_ws(size_t out, size_t dim_a, const float *v, size_t ldv
     kf__gemm(0, 0, out, dim_a, out, 1.0f, g_inv, ld_ginv, scratch, dim_a, 0.0f, d, ldd);
 }
 
+/* Blocked triangular solves with the factor of kf__damped_cholesky_ws, all in GEMMs: with the
+ * diagonal blocks stored inverted, each block column is an update by the solved blocks followed by
+ * a product with the inverted diagonal block (OpenBLAS's strsm runs at half sgemm's rate here).
+ * X (L L^T)^{-1}: first Y L^T = X (blocks left to right), then D L = Y (right to left). */
+void kf__chol_solve_right(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
+                          float *tmp)
+{
+    for (size_t j = 0; j < d; j += KF_CHOL_NB) {
+        size_t b = d - j < KF_CHOL_NB ? d - j : KF_CHOL_NB;
+        for (size_t i = 0; i < m; i++) {
+            memcpy(tmp + i * b, x + i * ldx + j, b * sizeof(float));
+        }
+        if (j > 0) {
+            kf__gemm(0, 1, m, b, j, -1.0f, x, ldx, lb + j * ldl, ldl, 1.0f, tmp, b);
+        }
+        kf__gemm(0, 1, m, b, b, 1.0f, tmp, b, lb + j * ldl + j, ldl, 0.0f, x + j, ldx);
+    }
+    for (size_t j = ((d - 1) / KF_CHOL_NB) * KF_CHOL_NB;; j -= KF_CHOL_NB) {
+        size_t b = d - j < KF_CHOL_NB ? d - j : KF_CHOL_NB, e = j + b;
+        for (size_t i = 0; i < m; i++) {
+            memcpy(tmp + i * b, x + i * ldx + j, b * sizeof(float));
+        }
+        if (e < d) {
+            kf__gemm(0, 0, m, b, d - e, -1.0f, x + e, ldx, lb + e * ldl + j, ldl, 1.0f, tmp, b);
+        }
+        kf__gemm(0, 0, m, b, b, 1.0f, tmp, b, lb + j * ldl + j, ldl, 0.0f, x + j, ldx);
+        if (j == 0) {
+            break;
+        }
+    }
+}
+
+/* (L L^T)^{-1} X: first L Y = X (blocks top to bottom), then L^T D = Y (bottom to top). */
+void kf__chol_solve_left(size_t d, size_t m, const float *lb, size_t ldl, float *x, size_t ldx,
+                         float *tmp)
+{
+    for (size_t i = 0; i < d; i += KF_CHOL_NB) {
+        size_t b = d - i < KF_CHOL_NB ? d - i : KF_CHOL_NB;
+        for (size_t r = 0; r < b; r++) {
+            memcpy(tmp + r * m, x + (i + r) * ldx, m * sizeof(float));
+        }
+        if (i > 0) {
+            kf__gemm(0, 0, b, m, i, -1.0f, lb + i * ldl, ldl, x, ldx, 1.0f, tmp, m);
+        }
+        kf__gemm(0, 0, b, m, b, 1.0f, lb + i * ldl + i, ldl, tmp, m, 0.0f, x + i * ldx, ldx);
+    }
+    for (size_t i = ((d - 1) / KF_CHOL_NB) * KF_CHOL_NB;; i -= KF_CHOL_NB) {
+        size_t b = d - i < KF_CHOL_NB ? d - i : KF_CHOL_NB, e = i + b;
+        for (size_t r = 0; r < b; r++) {
+            memcpy(tmp + r * m, x + (i + r) * ldx, m * sizeof(float));
+        }
+        if (e < d) {
+            kf__gemm(1, 0, b, m, d - e, -1.0f, lb + e * ldl + i, ldl, x + e * ldx, ldx, 1.0f, tmp,
+                     m);
+        }
+        kf__gemm(1, 0, b, m, b, 1.0f, lb + i * ldl + i, ldl, tmp, m, 0.0f, x + i * ldx, ldx);
+        if (i == 0) {
+            break;
+        }
+    }
+}
+
 size_t kf__eigenbasis_scratch(size_t out, size_t dim_a)
 {
     return 2 * KF_ALIGN_UP(out * dim_a * sizeof(float));
