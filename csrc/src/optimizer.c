@@ -1179,6 +1179,10 @@ static double direction(kf_optimizer *opt, kf_layer *l, const grad_source *g, si
         }
         return 0.0; /* only used with the KL-clip, which disables re-association */
     }
+    if (!l->precond) {
+        assemble_grad(l, g, i, l->dir); /* the gradient is the direction: no copy through v */
+        return 0.0;
+    }
     assemble_grad(l, g, i, v);
     switch (l->p.algorithm) {
     case KF_ALGO_SGD:
@@ -1256,46 +1260,79 @@ static float flush_subnormal(float x)
     return fabsf(x) < 1.17549435e-38f ? 0.0f : x;
 }
 
-/* Whether the commit of layer i would leave its parameters and moments finite: the commit's own
- * arithmetic, evaluated without writing. */
-static int update_stays_finite(const kf_optimizer *opt, size_t i, const grad_source *g, float scale)
+/* 1 when the float is NaN or Inf (exponent bits all ones), as an integer so that loops OR it up
+ * and vectorise. */
+static uint32_t nonfinite_bit(float x)
 {
-    const kf_layer *l = &opt->layers[i];
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    return (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+}
+
+/* One pass over layer i before anything is written: is its direction finite (*dir_ok), and would
+ * the commit leave its parameters and moments finite (the return value)? The commit's own
+ * arithmetic, evaluated without touching the state. With momentum (not Adam) the new momentum is
+ * left in dir, which the step no longer needs, so that the commit reads it instead of recomputing
+ * it from mom and dir (one pass fewer over three buffers). */
+static int prepare_update(const kf_optimizer *opt, size_t i, const grad_source *g, float scale,
+                          int *dir_ok)
+{
+    kf_layer *l = (kf_layer *)&opt->layers[i];
     size_t out = l->p.out, in = l->p.in, da = l->dim_a;
     const float *w = src_weight(g, i), *bias = src_bias(g, i);
     size_t ldw = src_ld_weight(g, i);
     float lr = opt->p.learning_rate, mu = opt->p.momentum, wd = opt->p.weight_decay;
-    int adam = l->p.algorithm == KF_ALGO_ADAM;
-    float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2, eps = opt->p.adam_epsilon;
-    double t_step = (double)(opt->step + 1);
-    float c1 = (float)(1.0 / (1.0 - pow((double)b1, t_step)));
-    float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
-    uint32_t bad = 0;
-    for (size_t r = 0; r < out; r++) {
-        for (size_t c = 0; c < da; c++) {
-            size_t k = r * da + c;
-            float u, m2 = 0.0f, v2 = 0.0f, p, np;
-            uint32_t bits[3];
-            if (adam) {
-                m2 = b1 * l->mom[k] + (1.0f - b1) * l->dir[k];
-                v2 = b2 * l->adam_v[k] + (1.0f - b2) * l->dir[k] * l->dir[k];
-                u = (m2 * c1) / (sqrtf(v2 * c2) + eps);
-            } else if (mu > 0.0f) {
-                m2 = mu * l->mom[k] + scale * l->dir[k];
-                u = m2;
-            } else {
-                u = scale * l->dir[k];
+    uint32_t bad = 0, bad_dir = 0;
+    if (l->p.algorithm == KF_ALGO_ADAM) {
+        float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2, eps = opt->p.adam_epsilon;
+        double t_step = (double)(opt->step + 1);
+        float c1 = (float)(1.0 / (1.0 - pow((double)b1, t_step)));
+        float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
+        for (size_t r = 0; r < out; r++) {
+            for (size_t c = 0; c < da; c++) {
+                size_t k = r * da + c;
+                float dk = l->dir[k];
+                float m2 = b1 * l->mom[k] + (1.0f - b1) * dk;
+                float v2 = b2 * l->adam_v[k] + (1.0f - b2) * dk * dk;
+                float u = (m2 * c1) / (sqrtf(v2 * c2) + eps);
+                float p = c < in ? w[r * ldw + c] : bias[r];
+                float np = c < in ? p - lr * (u + wd * p) : p - lr * u;
+                bad_dir |= nonfinite_bit(dk);
+                bad |= nonfinite_bit(np) | nonfinite_bit(m2) | nonfinite_bit(v2);
             }
-            p = c < in ? w[r * ldw + c] : bias[r];
-            np = c < in ? p - lr * (u + wd * p) : p - lr * u;
-            memcpy(&bits[0], &np, 4);
-            memcpy(&bits[1], &m2, 4);
-            memcpy(&bits[2], &v2, 4);
-            bad |= (uint32_t)((bits[0] & 0x7f800000u) == 0x7f800000u) |
-                   (uint32_t)((bits[1] & 0x7f800000u) == 0x7f800000u) |
-                   (uint32_t)((bits[2] & 0x7f800000u) == 0x7f800000u);
+        }
+        *dir_ok = !bad_dir;
+        return !bad;
+    }
+    for (size_t r = 0; r < out; r++) {
+        float *d = l->dir + r * da;
+        const float *wr = w + r * ldw;
+        if (mu > 0.0f) {
+            const float *m = l->mom + r * da;
+            for (size_t c = 0; c < in; c++) {
+                float m2 = mu * m[c] + scale * d[c];
+                bad_dir |= nonfinite_bit(d[c]);
+                bad |= nonfinite_bit(m2) | nonfinite_bit(wr[c] - lr * (m2 + wd * wr[c]));
+                d[c] = flush_subnormal(m2);
+            }
+            if (l->p.bias) {
+                float m2 = mu * m[in] + scale * d[in];
+                bad_dir |= nonfinite_bit(d[in]);
+                bad |= nonfinite_bit(m2) | nonfinite_bit(bias[r] - lr * m2);
+                d[in] = flush_subnormal(m2);
+            }
+        } else {
+            for (size_t c = 0; c < in; c++) {
+                bad_dir |= nonfinite_bit(d[c]);
+                bad |= nonfinite_bit(wr[c] - lr * (scale * d[c] + wd * wr[c]));
+            }
+            if (l->p.bias) {
+                bad_dir |= nonfinite_bit(d[in]);
+                bad |= nonfinite_bit(bias[r] - lr * scale * d[in]);
+            }
         }
     }
+    *dir_ok = !bad_dir;
     return !bad;
 }
 
@@ -1360,15 +1397,10 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         drop_folded(opt, plans, opt->n_layers);
         return kf__prefix(&opt->err, s, fn);
     }
-    /* Phase 2: directions (infallible but for a non-finite result). */
+    /* Phase 2: directions (infallible but for a non-finite result, found below). */
     for (i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
         double dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
-        if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
-            drop_folded(opt, plans, opt->n_layers);
-            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is not "
-                            "finite (increase the damping?)", fn, i);
-        }
         if (l->precond) {
             dot_sum += dot;
         }
@@ -1379,13 +1411,29 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         nu = q < 1.0 ? (float)sqrt(q) : 1.0f;
     }
 
-    /* The update itself can overflow from finite inputs (a huge gradient times the learning
-     * rate): computed once without writing, it must stay finite before anything is written. */
-    for (i = 0; i < opt->n_layers; i++) {
-        if (!update_stays_finite(opt, i, g, opt->layers[i].precond ? nu : 1.0f)) {
+    /* The directions must be finite, and the update itself can overflow from finite inputs (a
+     * huge gradient times the learning rate): both are found in one pass per layer, before
+     * anything is written. A non-finite direction is reported first, wherever it is. */
+    {
+        size_t bad_dir = SIZE_MAX, bad_update = SIZE_MAX;
+        for (i = 0; i < opt->n_layers; i++) {
+            int dir_ok = 1;
+            if (!prepare_update(opt, i, g, opt->layers[i].precond ? nu : 1.0f, &dir_ok) &&
+                bad_update == SIZE_MAX) {
+                bad_update = i;
+            }
+            if (!dir_ok && bad_dir == SIZE_MAX) {
+                bad_dir = i;
+            }
+        }
+        if (bad_dir != SIZE_MAX || bad_update != SIZE_MAX) {
             drop_folded(opt, plans, opt->n_layers);
+            if (bad_dir != SIZE_MAX) {
+                return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is "
+                                "not finite (increase the damping?)", fn, bad_dir);
+            }
             return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the update of layer %zu overflows "
-                            "(learning rate or gradients too large?)", fn, i);
+                            "(learning rate or gradients too large?)", fn, bad_update);
         }
     }
 
@@ -1414,9 +1462,8 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
             }
             us = 1.0f;
         } else if (mu > 0.0f) {
-            for (size_t k = 0; k < nel; k++) {
-                l->mom[k] = flush_subnormal(mu * l->mom[k] + scale * l->dir[k]);
-            }
+            /* prepare_update left the new momentum in dir: it becomes the momentum buffer. */
+            swap_f(&l->mom, &l->dir);
             upd = l->mom;
             us = 1.0f;
         }
