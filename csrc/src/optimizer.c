@@ -535,11 +535,22 @@ static kf_status begin_observation(kf_optimizer *opt, const char *fn, size_t lay
  * a further use of a tied layer by merging (activations average over all uses' rows, equal
  * counts; gradient factors add up, as their normalisation counts loss terms, which tying does not
  * change). Refuses a factor that overflowed. */
+/* A deferred input check: the observed rows, checked only when the factor is not finite. */
+typedef struct obs_input {
+    const float *data;
+    size_t rows, width, ld, layer;
+    const char *name;
+} obs_input;
+
 static kf_status finish_observation(kf_optimizer *opt, const char *fn, const kf_layer *l,
-                                    kf_side *sd, size_t n, int average)
+                                    kf_side *sd, size_t n, int average, const obs_input *in)
 {
     size_t nel = sd->dim * sd->dim, k = sd->has_pending;
     if (!kf__all_finite(sd->dim, sd->dim, sd->inv_next, sd->dim)) {
+        if (in && !kf__all_finite(in->rows, in->width, in->data, in->ld)) {
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: %s of layer %zu contains NaN or "
+                            "Inf", fn, in->name, in->layer);
+        }
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the factor of this batch overflows "
                         "(inputs too large)", fn);
     }
@@ -603,6 +614,8 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     float *target = NULL;
     kf_layer *l;
     size_t rows, in, r, needed = 0, coll_rows;
+    int deferred;
+    obs_input xin;
     kf_status s;
     if (!opt) {
         return KF_ERR_NULL_POINTER;
@@ -617,11 +630,16 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
         kf__clear(&opt->err);
         return KF_OK;
     }
-    if (!kf__all_finite(rows, in, x, ldx)) {
+    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
+    /* A plain layer's factor is computed into idle scratch and checked anyway, and a NaN or Inf
+     * in x always reaches its diagonal (sums of squares cannot cancel), so x is checked only to
+     * name the culprit: one pass over the batch fewer. Layers that grow buffers or merge tied
+     * uses first keep the check up front, so that bad input changes nothing there either. */
+    deferred = l->p.uses == 1 && !coll_rows && l->p.algorithm != KF_ALGO_EKFAC;
+    if (!deferred && !kf__all_finite(rows, in, x, ldx)) {
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: x of layer %zu contains NaN or Inf", fn,
                         layer);
     }
-    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
     if (coll_rows && !kf__mul_size(coll_rows, in * sizeof(float), &needed)) {
         return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
     }
@@ -639,7 +657,13 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     }
     kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, target, l->dim_a,
                              (float *)opt->obs_work);
-    if ((s = finish_observation(opt, fn, l, &l->a, n, 1)) != KF_OK) {
+    xin.data = x;
+    xin.rows = rows;
+    xin.width = in;
+    xin.ld = ldx;
+    xin.layer = layer;
+    xin.name = "x";
+    if ((s = finish_observation(opt, fn, l, &l->a, n, 1, deferred ? &xin : NULL)) != KF_OK) {
         return s;
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
@@ -671,6 +695,8 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     float *target = NULL;
     kf_layer *l;
     size_t rows, out, r, needed = 0, coll_rows;
+    int deferred;
+    obs_input gin;
     double alpha;
     kf_status s;
     if (!opt) {
@@ -695,11 +721,13 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
         kf__clear(&opt->err);
         return KF_OK;
     }
-    if (!kf__all_finite(rows, out, g, ldg)) {
+    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
+    /* As for the activations: alpha > 0 carries a NaN or Inf of g onto the factor's diagonal. */
+    deferred = l->p.uses == 1 && !coll_rows && l->p.algorithm != KF_ALGO_EKFAC;
+    if (!deferred && !kf__all_finite(rows, out, g, ldg)) {
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: g of layer %zu contains NaN or Inf", fn,
                         layer);
     }
-    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
     if (l->p.algorithm == KF_ALGO_EKFAC && (l->xobs_rows == 0 || l->xobs_n != n)) {
         return kf__fail(&opt->err, KF_ERR_STATE, "%s: EKFAC layer %zu needs the activations of "
                         "the same %zu examples observed first", fn, layer, n);
@@ -715,7 +743,13 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     }
     kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, target, out,
                            (float *)opt->obs_work);
-    if ((s = finish_observation(opt, fn, l, &l->g, n, 0)) != KF_OK) {
+    gin.data = g;
+    gin.rows = rows;
+    gin.width = out;
+    gin.ld = ldg;
+    gin.layer = layer;
+    gin.name = "g";
+    if ((s = finish_observation(opt, fn, l, &l->g, n, 0, deferred ? &gin : NULL)) != KF_OK) {
         return s;
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {

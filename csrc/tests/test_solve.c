@@ -362,8 +362,43 @@ static void test_optimizer_not_pd_atomic(void)
     }
 }
 
+/* The observation's input check runs after the factor on plain layers: a NaN or Inf still names
+ * the input, huge finite inputs still report the overflow, and nothing is taken either way. */
+static void test_observation_checks(void)
+{
+    const size_t batch = 16;
+    kf_optimizer *o = make_opt(KF_ALGO_KFAC, 1, KF_PRECISION_DOUBLE, 0.0f);
+    net m;
+    CHECK(o != NULL);
+    if (!o) {
+        return;
+    }
+    net_init(&m, 3, batch);
+    m.x[1][5] = NAN;
+    CHECK_STATUS(kf_optimizer_observe_activations(o, 1, batch, m.x[1], widths[1]),
+                 KF_ERR_NON_FINITE);
+    CHECK(strstr(kf_optimizer_last_error(o), "x of layer 1") != NULL);
+    CHECK(o->layers[1].a.has_pending == 0);
+    m.x[1][5] = -INFINITY;
+    CHECK_STATUS(kf_optimizer_observe_activations(o, 1, batch, m.x[1], widths[1]),
+                 KF_ERR_NON_FINITE);
+    CHECK(strstr(kf_optimizer_last_error(o), "x of layer 1") != NULL);
+    m.x[1][5] = 3e30f;
+    CHECK_STATUS(kf_optimizer_observe_activations(o, 1, batch, m.x[1], widths[1]),
+                 KF_ERR_NON_FINITE);
+    CHECK(strstr(kf_optimizer_last_error(o), "overflows") != NULL);
+    m.g[2][0] = INFINITY;
+    CHECK_STATUS(kf_optimizer_observe_gradients(o, 2, batch, m.g[2], widths[3], 1.0f),
+                 KF_ERR_NON_FINITE);
+    CHECK(strstr(kf_optimizer_last_error(o), "g of layer 2") != NULL);
+    CHECK(o->layers[2].g.has_pending == 0);
+    net_free(&m);
+    kf_optimizer_destroy(o);
+}
+
 int main(void)
 {
+    test_observation_checks();
     test_solves_match_inverse();
     test_jitter_and_failure();
     test_optimizer_paths_agree();
