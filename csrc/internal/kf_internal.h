@@ -57,7 +57,8 @@ kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t l
  * rules as the inverse; scratch of kf__inverse_scratch(n)) in the blocked form the solves below
  * use: row-major lower triangle with every KF_CHOL_NB x KF_CHOL_NB diagonal block replaced by its
  * inverse, strictly upper triangle zero. Factor + two solves cost n^3/3 + 2 m n^2 flops against
- * n^3 + 2 m n^2 for the explicit inverse and a product, and the solves run as GEMMs. */
+ * n^3 + 2 m n^2 for the explicit inverse and a product, and the solves run as GEMMs. Unlike the
+ * other primitives it works in place in lb, whose contents are unspecified after an error. */
 #define KF_CHOL_NB 128
 kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
                                  kf_precision precision, float *lb, size_t ldl, float *jitter_used,

@@ -67,8 +67,9 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
  * plain loop would miss the cache on every element of the strided side for large n. */
 #define KF_SYM_TILE 32
 
-/* w = (f + f^T) / 2 + shift I, both triangles written. */
-static void sym_copy_f(size_t n, const float *f, size_t ldf, float shift, float *w)
+/* The lower triangle of w (row stride ldw) = (f + f^T) / 2 + shift I: all the factorisations
+ * read. */
+static void sym_copy_f(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw)
 {
     for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
         size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
@@ -77,15 +78,13 @@ static void sym_copy_f(size_t n, const float *f, size_t ldf, float shift, float 
             for (size_t i = ib; i < ie; i++) {
                 size_t jend = je < i + 1 ? je : i + 1;
                 for (size_t j = jb; j < jend; j++) {
-                    float v = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
-                    w[i * n + j] = v;
-                    w[j * n + i] = v;
+                    w[i * ldw + j] = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
                 }
             }
         }
     }
     for (size_t i = 0; i < n; i++) {
-        w[i * n + i] += shift;
+        w[i * ldw + i] += shift;
     }
 }
 
@@ -98,9 +97,7 @@ static void sym_copy_d(size_t n, const float *f, size_t ldf, double shift, doubl
             for (size_t i = ib; i < ie; i++) {
                 size_t jend = je < i + 1 ? je : i + 1;
                 for (size_t j = jb; j < jend; j++) {
-                    double v = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
-                    w[i * n + j] = v;
-                    w[j * n + i] = v;
+                    w[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
                 }
             }
         }
@@ -123,7 +120,7 @@ static int fits_float_d(size_t rows, size_t n, const double *w)
 
 static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
 {
-    sym_copy_f(n, f, ldf, shift, w);
+    sym_copy_f(n, f, ldf, shift, w, n);
     return kf__spd_inverse_f(n, w, n) == 0 && kf__all_finite(n, n, w, n);
 }
 
@@ -223,19 +220,21 @@ static void trinv_lower_block_f(size_t b, float *a, size_t lda)
     }
 }
 
-static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+/* In place in the output (optimizer scratch; unspecified after a failure). */
+static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw)
 {
-    sym_copy_f(n, f, ldf, shift, w);
-    if (kf__spd_cholesky_f(n, w, n) != 0) {
+    sym_copy_f(n, f, ldf, shift, w, ldw);
+    if (kf__spd_cholesky_f(n, w, ldw) != 0) {
         return 0;
     }
     for (size_t j = 0; j < n; j += KF_CHOL_NB) {
-        trinv_lower_block_f(n - j < KF_CHOL_NB ? n - j : KF_CHOL_NB, w + j * n + j, n);
+        trinv_lower_block_f(n - j < KF_CHOL_NB ? n - j : KF_CHOL_NB, w + j * ldw + j, ldw);
     }
     for (size_t i = 0; i < n; i++) {
-        if (!kf__all_finite(1, i + 1, w + i * n, n)) {
+        if (!kf__all_finite(1, i + 1, w + i * ldw, ldw)) {
             return 0;
         }
+        memset(w + i * ldw + i + 1, 0, (n - i - 1) * sizeof *w);
     }
     return 1;
 }
@@ -267,12 +266,7 @@ kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t 
         return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
     }
     if (precision == KF_PRECISION_FLOAT) {
-        float *wf = (float *)scratch;
-        if (chol_float(n, f, ldf, damping, wf)) {
-            for (size_t i = 0; i < n; i++) {
-                memcpy(lb + i * ldl, wf + i * n, (i + 1) * sizeof *lb);
-                memset(lb + i * ldl + i + 1, 0, (n - i - 1) * sizeof *lb);
-            }
+        if (chol_float(n, f, ldf, damping, lb, ldl)) {
             if (jitter_used) {
                 *jitter_used = 0.0f;
             }
