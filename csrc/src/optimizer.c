@@ -1217,6 +1217,21 @@ static double direction(kf_optimizer *opt, kf_layer *l, const grad_source *g, si
         assemble_grad(l, g, i, l->dir); /* the gradient is the direction: no copy through v */
         return 0.0;
     }
+    if (g->t && opt->p.kl_clip == 0.0f &&
+        (l->p.algorithm == KF_ALGO_FOOF || l->p.algorithm == KF_ALGO_KFAC)) {
+        /* [dW db] P = dW P[0:in, :] + db P[in, :], read from the caller's buffers: the copy of
+         * the gradient into V is a pass over it that the GEMM does not need. */
+        const kf_layer_tensors *t = &g->t[i];
+        float *vp = l->p.algorithm == KF_ALGO_KFAC ? t1 : l->dir;
+        kf__gemm(0, 0, out, da, in, 1.0f, t->grad_weight, t->ld_grad_weight, ai, da, 0.0f, vp, da);
+        if (l->p.bias) {
+            kf__gemm(0, 0, out, da, 1, 1.0f, t->grad_bias, 1, ai + in * da, da, 1.0f, vp, da);
+        }
+        if (l->p.algorithm == KF_ALGO_KFAC) {
+            kf__gemm(0, 0, out, da, out, 1.0f, gi, out, t1, da, 0.0f, l->dir, da);
+        }
+        return 0.0;
+    }
     assemble_grad(l, g, i, v);
     switch (l->p.algorithm) {
     case KF_ALGO_SGD:
