@@ -1,6 +1,7 @@
 /* Trace-norm pi, damped inverses with a jitter retry chain, symmetric eigendecompositions. */
 #include "kf_internal.h"
 #include "kf_linalg.h"
+#include "kf_mat.h"
 
 #include <math.h>
 #include <string.h>
@@ -50,6 +51,13 @@ kf_status kf_pi(kf_context *ctx, size_t dim_a, const float *a, size_t lda,
 size_t kf__inverse_scratch(size_t n)
 {
     return KF_ALIGN_UP(n * n * sizeof(double));
+}
+
+size_t kf__cholesky_scratch(size_t n)
+{
+    /* The working matrix, then the blocked Cholesky's panel and diagonal block. */
+    return KF_ALIGN_UP(n * n * sizeof(double)) +
+           KF_ALIGN_UP((n * KF_CHOL_NB + KF_CHOL_NB * KF_CHOL_NB) * sizeof(double));
 }
 
 /* Mean of the diagonal of F, or 1 when it is not positive: the unit the jitter is measured in. */
@@ -220,36 +228,93 @@ static void trinv_lower_block_f(size_t b, float *a, size_t lda)
     }
 }
 
-/* In place in the output (optimizer scratch; unspecified after a failure). */
-static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw)
+/* In place in the output (optimizer scratch; unspecified after a failure), straight into the
+ * stored form of kf__damped_cholesky_ws (kf_internal.h): a right-looking blocked Cholesky whose panel step multiplies by
+ * the diagonal block's inverse P_J = A_JJ^{-1} instead of a triangular solve, so that everything
+ * but the 128-wide diagonal blocks runs in GEMMs. With A_JJ = B B^T (a small potrf):
+ * C = A_{>J,J} P_J are U's blocks, and the Schur complement A_{>J,>J} - A_{>J,J} P_J A_{J,>J} is
+ * A_{>J,>J} - C A_{>J,J}^T, of which only the lower block triangle is formed. tmp: n * KF_CHOL_NB +
+ * KF_CHOL_NB^2 floats. */
+static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw,
+                      float *tmp)
 {
+    float *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;
     sym_copy_f(n, f, ldf, shift, w, ldw);
-    if (kf__spd_cholesky_f(n, w, ldw) != 0) {
-        return 0;
-    }
-    for (size_t j = 0; j < n; j += KF_CHOL_NB) {
-        trinv_lower_block_f(n - j < KF_CHOL_NB ? n - j : KF_CHOL_NB, w + j * ldw + j, ldw);
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!kf__all_finite(1, i + 1, w + i * ldw, ldw)) {
+    for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {
+        size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;
+        float *ajj = w + j0 * ldw + j0;
+        if (kf__spd_cholesky_f(b, ajj, ldw) != 0) {
             return 0;
         }
-        memset(w + i * ldw + i + 1, 0, (n - i - 1) * sizeof *w);
+        for (size_t i = 0; i < b; i++) {
+            memset(ajj + i * ldw + i + 1, 0, (b - i - 1) * sizeof *w);
+        }
+        trinv_lower_block_f(b, ajj, ldw);
+        kf__gemm(1, 0, b, b, b, 1.0f, ajj, ldw, ajj, ldw, 0.0f, pj, b);
+        for (size_t i = 0; i < b; i++) {
+            memcpy(ajj + i * ldw, pj + i * b, b * sizeof *w);
+        }
+        if (j1 < n) {
+            size_t r = n - j1;
+            float *c = w + j1 * ldw + j0;
+            for (size_t i = 0; i < r; i++) {
+                memcpy(panel + i * b, c + i * ldw, b * sizeof *w);
+            }
+            kf__gemm(0, 0, r, b, b, 1.0f, panel, b, pj, b, 0.0f, c, ldw);
+            for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {
+                size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;
+                kf__gemm(0, 1, i1 - i0, i1 - j1, b, -1.0f, w + i0 * ldw + j0, ldw, panel, b, 1.0f,
+                         w + i0 * ldw + j1, ldw);
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
+        end = end < n ? end : n;
+        if (!kf__all_finite(1, end, w + i * ldw, ldw)) {
+            return 0;
+        }
+        memset(w + i * ldw + end, 0, (n - end) * sizeof *w);
     }
     return 1;
 }
 
-static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w)
+/* chol_float in double, in w (n x n) with tmp as in chol_float (doubles). */
+static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w, double *tmp)
 {
+    double *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;
     sym_copy_d(n, f, ldf, shift, w);
-    if (kf__spd_cholesky_d(n, w, n) != 0) {
-        return 0;
-    }
-    for (size_t j = 0; j < n; j += KF_CHOL_NB) {
-        trinv_lower_block_d(n - j < KF_CHOL_NB ? n - j : KF_CHOL_NB, w + j * n + j, n);
+    for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {
+        size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;
+        double *ajj = w + j0 * n + j0;
+        if (kf__spd_cholesky_d(b, ajj, n) != 0) {
+            return 0;
+        }
+        for (size_t i = 0; i < b; i++) {
+            memset(ajj + i * n + i + 1, 0, (b - i - 1) * sizeof *w);
+        }
+        trinv_lower_block_d(b, ajj, n);
+        kf__dgemm(1, 0, b, b, b, 1.0, ajj, n, ajj, n, 0.0, pj, b);
+        for (size_t i = 0; i < b; i++) {
+            memcpy(ajj + i * n, pj + i * b, b * sizeof *w);
+        }
+        if (j1 < n) {
+            size_t r = n - j1;
+            double *c = w + j1 * n + j0;
+            for (size_t i = 0; i < r; i++) {
+                memcpy(panel + i * b, c + i * n, b * sizeof *w);
+            }
+            kf__dgemm(0, 0, r, b, b, 1.0, panel, b, pj, b, 0.0, c, n);
+            for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {
+                size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;
+                kf__dgemm(0, 1, i1 - i0, i1 - j1, b, -1.0, w + i0 * n + j0, n, panel, b, 1.0,
+                          w + i0 * n + j1, n);
+            }
+        }
     }
     for (size_t i = 0; i < n; i++) {
-        if (!fits_float_d(1, i + 1, w + i * n)) {
+        size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
+        if (!fits_float_d(1, end < n ? end : n, w + i * n)) {
             return 0;
         }
     }
@@ -266,7 +331,7 @@ kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t 
         return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
     }
     if (precision == KF_PRECISION_FLOAT) {
-        if (chol_float(n, f, ldf, damping, lb, ldl)) {
+        if (chol_float(n, f, ldf, damping, lb, ldl, (float *)scratch)) {
             if (jitter_used) {
                 *jitter_used = 0.0f;
             }
@@ -277,12 +342,15 @@ kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t 
     unit = diag_unit(n, f, ldf);
     for (double rel = 0.0; rel <= KF_JITTER_LAST * 1.0001; rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
         jitter = rel * unit;
-        if (chol_double(n, f, ldf, (double)damping + jitter, wd)) {
+        if (chol_double(n, f, ldf, (double)damping + jitter, wd,
+                        wd + KF_ALIGN_UP(n * n * sizeof(double)) / sizeof(double))) {
             for (size_t i = 0; i < n; i++) {
-                for (size_t j = 0; j <= i; j++) {
+                size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
+                end = end < n ? end : n;
+                for (size_t j = 0; j < end; j++) {
                     lb[i * ldl + j] = (float)wd[i * n + j];
                 }
-                memset(lb + i * ldl + i + 1, 0, (n - i - 1) * sizeof *lb);
+                memset(lb + i * ldl + end, 0, (n - end) * sizeof *lb);
             }
             if (jitter_used) {
                 *jitter_used = (float)jitter;

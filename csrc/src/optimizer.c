@@ -317,7 +317,7 @@ static size_t step_work_bytes(const kf_optimizer *opt, const kf_layer *extra)
         size_t out = l->p.out, da = l->dim_a, big = da > out ? da : out;
         size_t m = KF_ALIGN_UP(out * da * sizeof(float)), f = 0;
         if (l->precond) {
-            f = l->eigen ? kf__eig_scratch(big) : kf__inverse_scratch(big);
+            f = l->eigen ? kf__eig_scratch(big) : kf__cholesky_scratch(big);
         }
         mat = m > mat ? m : mat;
         fact = f > fact ? f : fact;
