@@ -7,11 +7,18 @@
 
 #include <stddef.h>
 
-/* In place: replaces the symmetric positive definite n x n matrix A (both triangles given) by its
- * inverse, both triangles written. Returns 0 on success, non-zero if A is not positive definite
+/* In place: replaces the symmetric positive definite n x n matrix A (given by its row-major lower
+ * triangle, diagonal included; the strictly upper triangle is not read) by its inverse, both
+ * triangles written. Returns 0 on success, non-zero if A is not positive definite
  * (then the contents of A are unspecified). No NaN checks: callers check finiteness first. */
 int kf__spd_inverse_d(size_t n, double *a, size_t lda);
 int kf__spd_inverse_f(size_t n, float *a, size_t lda);
+
+/* In place: the Cholesky factor of the symmetric positive definite n x n matrix A (given by its
+ * row-major lower triangle, as above): on success the row-major LOWER triangle (diagonal included) holds L with A = L L^T; the
+ * strictly upper triangle is unspecified. Returns non-zero if A is not positive definite. */
+int kf__spd_cholesky_d(size_t n, double *a, size_t lda);
+int kf__spd_cholesky_f(size_t n, float *a, size_t lda);
 
 /* Symmetric eigendecomposition: A (n x n, both triangles, overwritten) = Q diag(w) Q^T.
  * On success w (n) is ascending and the columns of A hold the eigenvectors (Q in place of A).

@@ -28,6 +28,8 @@ typedef struct kf_layer {
     int eigen;             /* K-FAC exact or EKFAC */
     kf_side a, g;
     int has_inverse;
+    int inv_chol;          /* inv holds blocked Cholesky factors (kf__damped_cholesky_ws), not
+                            * inverses: the per-step path, with inverse_interval 1 */
     int refreshing;        /* during a step: this step refreshes the layer (into the _next buffers) */
     uint64_t inverse_count;
     float pi;              /* of the last refresh */

@@ -1,6 +1,7 @@
 /* Trace-norm pi, damped inverses with a jitter retry chain, symmetric eigendecompositions. */
 #include "kf_internal.h"
 #include "kf_linalg.h"
+#include "kf_mat.h"
 
 #include <math.h>
 #include <string.h>
@@ -52,6 +53,13 @@ size_t kf__inverse_scratch(size_t n)
     return KF_ALIGN_UP(n * n * sizeof(double));
 }
 
+size_t kf__cholesky_scratch(size_t n)
+{
+    /* The working matrix, then the blocked Cholesky's panel and diagonal block. */
+    return KF_ALIGN_UP(n * n * sizeof(double)) +
+           KF_ALIGN_UP((n * KF_CHOL_NB + KF_CHOL_NB * KF_CHOL_NB) * sizeof(double));
+}
+
 /* Mean of the diagonal of F, or 1 when it is not positive: the unit the jitter is measured in. */
 static double diag_unit(size_t n, const float *f, size_t ldf)
 {
@@ -63,35 +71,71 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
     return (t > 0.0 && isfinite(t)) ? t : 1.0;
 }
 
-static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+/* Tile edge of the symmetrising copies: the transposed read of a 32 x 32 tile stays in L1, where a
+ * plain loop would miss the cache on every element of the strided side for large n. */
+#define KF_SYM_TILE 32
+
+/* The lower triangle of w (row stride ldw) = (f + f^T) / 2 + shift I: all the factorisations
+ * read. */
+static void sym_copy_f(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw)
 {
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < n; j++) {
-            w[i * n + j] = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
+    for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
+        size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
+        for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {
+            size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;
+            for (size_t i = ib; i < ie; i++) {
+                size_t jend = je < i + 1 ? je : i + 1;
+                for (size_t j = jb; j < jend; j++) {
+                    w[i * ldw + j] = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
+                }
+            }
         }
+    }
+    for (size_t i = 0; i < n; i++) {
+        w[i * ldw + i] += shift;
+    }
+}
+
+static void sym_copy_d(size_t n, const float *f, size_t ldf, double shift, double *w)
+{
+    for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
+        size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
+        for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {
+            size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;
+            for (size_t i = ib; i < ie; i++) {
+                size_t jend = je < i + 1 ? je : i + 1;
+                for (size_t j = jb; j < jend; j++) {
+                    w[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
         w[i * n + i] += shift;
     }
+}
+
+/* 1 if every entry is finite and within the float range (a near-singular inverse can exceed
+ * FLT_MAX in double). One pass: NaN fails the comparison too. */
+static int fits_float_d(size_t rows, size_t n, const double *w)
+{
+    int ok = 1;
+    for (size_t i = 0; i < rows * n; i++) {
+        ok &= fabs(w[i]) <= 3.0e38;
+    }
+    return ok;
+}
+
+static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
+{
+    sym_copy_f(n, f, ldf, shift, w, n);
     return kf__spd_inverse_f(n, w, n) == 0 && kf__all_finite(n, n, w, n);
 }
 
 static int try_double(size_t n, const float *f, size_t ldf, double shift, double *w)
 {
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < n; j++) {
-            w[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
-        }
-        w[i * n + i] += shift;
-    }
-    if (kf__spd_inverse_d(n, w, n) != 0 || !kf__all_finite_d(n, n, w, n)) {
-        return 0;
-    }
-    /* The float result must be finite too (a near-singular inverse can exceed FLT_MAX). */
-    for (size_t i = 0; i < n * n; i++) {
-        if (!(fabs(w[i]) <= 3.0e38)) {
-            return 0;
-        }
-    }
-    return 1;
+    sym_copy_d(n, f, ldf, shift, w);
+    return kf__spd_inverse_d(n, w, n) == 0 && fits_float_d(n, n, w);
 }
 
 kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
@@ -124,6 +168,189 @@ kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t l
                 for (size_t j = 0; j < n; j++) {
                     inv[i * ldinv + j] = (float)wd[i * n + j];
                 }
+            }
+            if (jitter_used) {
+                *jitter_used = (float)jitter;
+            }
+            return KF_OK;
+        }
+    }
+    return kf__fail(e, KF_ERR_NOT_POSITIVE_DEFINITE,
+                    "factor (%zu x %zu) + damping %g is not positive definite, even with jitter "
+                    "up to %g",
+                    n, n, (double)damping, jitter);
+}
+
+/* ---- the blocked Cholesky factor (factor + solve instead of an explicit inverse) --------------- */
+
+/* In place: the lower triangular b x b block at a (row stride lda) becomes its inverse. Row i of
+ * W = B^{-1} needs only the rows above it: W[i][j] = -(sum_{j<=k<i} B[i][k] W[k][j]) / B[i][i],
+ * accumulated aside so that row i of B is read whole before it is overwritten. */
+static void trinv_lower_block_d(size_t b, double *a, size_t lda)
+{
+    double acc[KF_CHOL_NB];
+    for (size_t i = 0; i < b; i++) {
+        double *ri = a + i * lda, inv = 1.0 / ri[i];
+        for (size_t j = 0; j < i; j++) {
+            acc[j] = 0.0;
+        }
+        for (size_t k = 0; k < i; k++) {
+            const double c = ri[k], *wk = a + k * lda;
+            for (size_t j = 0; j <= k; j++) {
+                acc[j] += c * wk[j];
+            }
+        }
+        for (size_t j = 0; j < i; j++) {
+            ri[j] = -acc[j] * inv;
+        }
+        ri[i] = inv;
+    }
+}
+
+static void trinv_lower_block_f(size_t b, float *a, size_t lda)
+{
+    float acc[KF_CHOL_NB];
+    for (size_t i = 0; i < b; i++) {
+        float *ri = a + i * lda, inv = 1.0f / ri[i];
+        for (size_t j = 0; j < i; j++) {
+            acc[j] = 0.0f;
+        }
+        for (size_t k = 0; k < i; k++) {
+            const float c = ri[k], *wk = a + k * lda;
+            for (size_t j = 0; j <= k; j++) {
+                acc[j] += c * wk[j];
+            }
+        }
+        for (size_t j = 0; j < i; j++) {
+            ri[j] = -acc[j] * inv;
+        }
+        ri[i] = inv;
+    }
+}
+
+/* In place in the output (optimizer scratch; unspecified after a failure), straight into the
+ * stored form of kf__damped_cholesky_ws (kf_internal.h): a right-looking blocked Cholesky whose panel step multiplies by
+ * the diagonal block's inverse P_J = A_JJ^{-1} instead of a triangular solve, so that everything
+ * but the 128-wide diagonal blocks runs in GEMMs. With A_JJ = B B^T (a small potrf):
+ * C = A_{>J,J} P_J are U's blocks, and the Schur complement A_{>J,>J} - A_{>J,J} P_J A_{J,>J} is
+ * A_{>J,>J} - C A_{>J,J}^T, of which only the lower block triangle is formed. tmp: n * KF_CHOL_NB +
+ * KF_CHOL_NB^2 floats. */
+static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw,
+                      float *tmp)
+{
+    float *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;
+    sym_copy_f(n, f, ldf, shift, w, ldw);
+    for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {
+        size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;
+        float *ajj = w + j0 * ldw + j0;
+        if (kf__spd_cholesky_f(b, ajj, ldw) != 0) {
+            return 0;
+        }
+        for (size_t i = 0; i < b; i++) {
+            memset(ajj + i * ldw + i + 1, 0, (b - i - 1) * sizeof *w);
+        }
+        trinv_lower_block_f(b, ajj, ldw);
+        kf__gemm(1, 0, b, b, b, 1.0f, ajj, ldw, ajj, ldw, 0.0f, pj, b);
+        for (size_t i = 0; i < b; i++) {
+            memcpy(ajj + i * ldw, pj + i * b, b * sizeof *w);
+        }
+        if (j1 < n) {
+            size_t r = n - j1;
+            float *c = w + j1 * ldw + j0;
+            for (size_t i = 0; i < r; i++) {
+                memcpy(panel + i * b, c + i * ldw, b * sizeof *w);
+            }
+            kf__gemm(0, 0, r, b, b, 1.0f, panel, b, pj, b, 0.0f, c, ldw);
+            for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {
+                size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;
+                kf__gemm(0, 1, i1 - i0, i1 - j1, b, -1.0f, w + i0 * ldw + j0, ldw, panel, b, 1.0f,
+                         w + i0 * ldw + j1, ldw);
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
+        end = end < n ? end : n;
+        if (!kf__all_finite(1, end, w + i * ldw, ldw)) {
+            return 0;
+        }
+        memset(w + i * ldw + end, 0, (n - end) * sizeof *w);
+    }
+    return 1;
+}
+
+/* chol_float in double, in w (n x n) with tmp as in chol_float (doubles). */
+static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w, double *tmp)
+{
+    double *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;
+    sym_copy_d(n, f, ldf, shift, w);
+    for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {
+        size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;
+        double *ajj = w + j0 * n + j0;
+        if (kf__spd_cholesky_d(b, ajj, n) != 0) {
+            return 0;
+        }
+        for (size_t i = 0; i < b; i++) {
+            memset(ajj + i * n + i + 1, 0, (b - i - 1) * sizeof *w);
+        }
+        trinv_lower_block_d(b, ajj, n);
+        kf__dgemm(1, 0, b, b, b, 1.0, ajj, n, ajj, n, 0.0, pj, b);
+        for (size_t i = 0; i < b; i++) {
+            memcpy(ajj + i * n, pj + i * b, b * sizeof *w);
+        }
+        if (j1 < n) {
+            size_t r = n - j1;
+            double *c = w + j1 * n + j0;
+            for (size_t i = 0; i < r; i++) {
+                memcpy(panel + i * b, c + i * n, b * sizeof *w);
+            }
+            kf__dgemm(0, 0, r, b, b, 1.0, panel, b, pj, b, 0.0, c, n);
+            for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {
+                size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;
+                kf__dgemm(0, 1, i1 - i0, i1 - j1, b, -1.0, w + i0 * n + j0, n, panel, b, 1.0,
+                          w + i0 * n + j1, n);
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
+        if (!fits_float_d(1, end < n ? end : n, w + i * n)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
+                                 kf_precision precision, float *lb, size_t ldl, float *jitter_used,
+                                 void *scratch)
+{
+    double unit, jitter = 0.0;
+    double *wd = (double *)scratch;
+    if (!kf__all_finite(n, n, f, ldf)) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
+    }
+    if (precision == KF_PRECISION_FLOAT) {
+        if (chol_float(n, f, ldf, damping, lb, ldl, (float *)scratch)) {
+            if (jitter_used) {
+                *jitter_used = 0.0f;
+            }
+            return KF_OK;
+        }
+    }
+    /* The same chain as kf__damped_inverse_ws, so both paths accept the same factors. */
+    unit = diag_unit(n, f, ldf);
+    for (double rel = 0.0; rel <= KF_JITTER_LAST * 1.0001; rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
+        jitter = rel * unit;
+        if (chol_double(n, f, ldf, (double)damping + jitter, wd,
+                        wd + KF_ALIGN_UP(n * n * sizeof(double)) / sizeof(double))) {
+            for (size_t i = 0; i < n; i++) {
+                size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
+                end = end < n ? end : n;
+                for (size_t j = 0; j < end; j++) {
+                    lb[i * ldl + j] = (float)wd[i * n + j];
+                }
+                memset(lb + i * ldl + end, 0, (n - end) * sizeof *lb);
             }
             if (jitter_used) {
                 *jitter_used = (float)jitter;

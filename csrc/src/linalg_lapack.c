@@ -128,6 +128,37 @@ int kf__spd_inverse_f(size_t n, float *a, size_t lda)
     return 0;
 }
 
+/* potrf alone: the column-major upper factor U (A = U^T U) is the row-major lower L = U^T. */
+int kf__spd_cholesky_d(size_t n, double *a, size_t lda)
+{
+    int in, ilda, info = 0;
+    if (n == 0) {
+        return 0;
+    }
+    if (!fits_int(n, lda)) {
+        return 1;
+    }
+    in = (int)n;
+    ilda = (int)lda;
+    dpotrf_("U", &in, a, &ilda, &info);
+    return info != 0;
+}
+
+int kf__spd_cholesky_f(size_t n, float *a, size_t lda)
+{
+    int in, ilda, info = 0;
+    if (n == 0) {
+        return 0;
+    }
+    if (!fits_int(n, lda)) {
+        return 1;
+    }
+    in = (int)n;
+    ilda = (int)lda;
+    spotrf_("U", &in, a, &ilda, &info);
+    return info != 0;
+}
+
 /* dsyevd's minimum workspace for jobz = 'V': 1 + 6n + 2n^2 doubles and 3 + 5n ints. A size that
  * does not fit size_t saturates at SIZE_MAX so that the caller's allocation fails cleanly. */
 size_t kf__sym_eig_work(size_t n)

@@ -67,6 +67,24 @@ static void upper_to_lower_d(size_t n, double *a, size_t lda)
     }
 }
 
+/* The mirror the other way: the callers give the lower triangle, the factorisation reads the
+ * upper one. */
+static void lower_to_upper_d(size_t n, double *a, size_t lda)
+{
+    for (size_t ib = 0; ib < n; ib += KF_TILE) {
+        size_t ie = min_size(ib + KF_TILE, n);
+        for (size_t jb = 0; jb <= ib; jb += KF_TILE) {
+            size_t je = min_size(jb + KF_TILE, n);
+            for (size_t i = ib; i < ie; i++) {
+                size_t jend = min_size(je, i);
+                for (size_t j = jb; j < jend; j++) {
+                    a[j * lda + i] = a[i * lda + j];
+                }
+            }
+        }
+    }
+}
+
 /* In-place transpose of the n x n matrix, tile by tile. */
 static void transpose_d(size_t n, double *a, size_t lda)
 {
@@ -202,12 +220,24 @@ static void lauum_lower_to_upper_d(size_t n, double *a, size_t lda)
 
 int kf__spd_inverse_d(size_t n, double *a, size_t lda)
 {
+    lower_to_upper_d(n, a, lda);
     if (chol_upper_d(n, a, lda) != 0) {
         return 1;
     }
     trinv_upper_d(n, a, lda);
     upper_to_lower_d(n, a, lda);
     lauum_lower_to_upper_d(n, a, lda);
+    upper_to_lower_d(n, a, lda);
+    return 0;
+}
+
+/* The upper factor U (A = U^T U), copied transposed into the lower triangle: L = U^T. */
+int kf__spd_cholesky_d(size_t n, double *a, size_t lda)
+{
+    lower_to_upper_d(n, a, lda);
+    if (chol_upper_d(n, a, lda) != 0) {
+        return 1;
+    }
     upper_to_lower_d(n, a, lda);
     return 0;
 }
@@ -240,6 +270,24 @@ static void upper_to_lower_f(size_t n, float *a, size_t lda)
                 size_t jend = min_size(je, i);
                 for (size_t j = jb; j < jend; j++) {
                     a[i * lda + j] = a[j * lda + i];
+                }
+            }
+        }
+    }
+}
+
+/* The mirror the other way: the callers give the lower triangle, the factorisation reads the
+ * upper one. */
+static void lower_to_upper_f(size_t n, float *a, size_t lda)
+{
+    for (size_t ib = 0; ib < n; ib += KF_TILE) {
+        size_t ie = min_size(ib + KF_TILE, n);
+        for (size_t jb = 0; jb <= ib; jb += KF_TILE) {
+            size_t je = min_size(jb + KF_TILE, n);
+            for (size_t i = ib; i < ie; i++) {
+                size_t jend = min_size(je, i);
+                for (size_t j = jb; j < jend; j++) {
+                    a[j * lda + i] = a[i * lda + j];
                 }
             }
         }
@@ -342,8 +390,19 @@ static void lauum_lower_to_upper_f(size_t n, float *a, size_t lda)
     }
 }
 
+int kf__spd_cholesky_f(size_t n, float *a, size_t lda)
+{
+    lower_to_upper_f(n, a, lda);
+    if (chol_upper_f(n, a, lda) != 0) {
+        return 1;
+    }
+    upper_to_lower_f(n, a, lda);
+    return 0;
+}
+
 int kf__spd_inverse_f(size_t n, float *a, size_t lda)
 {
+    lower_to_upper_f(n, a, lda);
     if (chol_upper_f(n, a, lda) != 0) {
         return 1;
     }

@@ -146,6 +146,7 @@ kf_status kf__validate_params(kf_errbuf *e, const kf_optimizer_params *p)
 /* What phase 1 decided for a layer; committed in phase 3. */
 typedef struct plan {
     int fold_a, fold_g, refresh, s_update;
+    int chol; /* the refresh factorises (kf__damped_cholesky_ws) instead of inverting */
     double wa, wg, ws;
     float pi, damping;
 } plan;
@@ -316,7 +317,7 @@ static size_t step_work_bytes(const kf_optimizer *opt, const kf_layer *extra)
         size_t out = l->p.out, da = l->dim_a, big = da > out ? da : out;
         size_t m = KF_ALIGN_UP(out * da * sizeof(float)), f = 0;
         if (l->precond) {
-            f = l->eigen ? kf__eig_scratch(big) : kf__inverse_scratch(big);
+            f = l->eigen ? kf__eig_scratch(big) : kf__cholesky_scratch(big);
         }
         mat = m > mat ? m : mat;
         fact = f > fact ? f : fact;
@@ -534,11 +535,22 @@ static kf_status begin_observation(kf_optimizer *opt, const char *fn, size_t lay
  * a further use of a tied layer by merging (activations average over all uses' rows, equal
  * counts; gradient factors add up, as their normalisation counts loss terms, which tying does not
  * change). Refuses a factor that overflowed. */
+/* A deferred input check: the observed rows, checked only when the factor is not finite. */
+typedef struct obs_input {
+    const float *data;
+    size_t rows, width, ld, layer;
+    const char *name;
+} obs_input;
+
 static kf_status finish_observation(kf_optimizer *opt, const char *fn, const kf_layer *l,
-                                    kf_side *sd, size_t n, int average)
+                                    kf_side *sd, size_t n, int average, const obs_input *in)
 {
     size_t nel = sd->dim * sd->dim, k = sd->has_pending;
     if (!kf__all_finite(sd->dim, sd->dim, sd->inv_next, sd->dim)) {
+        if (in && !kf__all_finite(in->rows, in->width, in->data, in->ld)) {
+            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: %s of layer %zu contains NaN or "
+                            "Inf", fn, in->name, in->layer);
+        }
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the factor of this batch overflows "
                         "(inputs too large)", fn);
     }
@@ -602,6 +614,8 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     float *target = NULL;
     kf_layer *l;
     size_t rows, in, r, needed = 0, coll_rows;
+    int deferred;
+    obs_input xin;
     kf_status s;
     if (!opt) {
         return KF_ERR_NULL_POINTER;
@@ -616,11 +630,16 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
         kf__clear(&opt->err);
         return KF_OK;
     }
-    if (!kf__all_finite(rows, in, x, ldx)) {
+    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
+    /* A plain layer's factor is computed into idle scratch and checked anyway, and a NaN or Inf
+     * in x always reaches its diagonal (sums of squares cannot cancel), so x is checked only to
+     * name the culprit: one pass over the batch fewer. Layers that grow buffers or merge tied
+     * uses first keep the check up front, so that bad input changes nothing there either. */
+    deferred = l->p.uses == 1 && !coll_rows && l->p.algorithm != KF_ALGO_EKFAC;
+    if (!deferred && !kf__all_finite(rows, in, x, ldx)) {
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: x of layer %zu contains NaN or Inf", fn,
                         layer);
     }
-    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
     if (coll_rows && !kf__mul_size(coll_rows, in * sizeof(float), &needed)) {
         return kf__fail(&opt->err, KF_ERR_OUT_OF_MEMORY, "%s: workspace size overflows", fn);
     }
@@ -638,7 +657,13 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     }
     kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, target, l->dim_a,
                              (float *)opt->obs_work);
-    if ((s = finish_observation(opt, fn, l, &l->a, n, 1)) != KF_OK) {
+    xin.data = x;
+    xin.rows = rows;
+    xin.width = in;
+    xin.ld = ldx;
+    xin.layer = layer;
+    xin.name = "x";
+    if ((s = finish_observation(opt, fn, l, &l->a, n, 1, deferred ? &xin : NULL)) != KF_OK) {
         return s;
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
@@ -670,6 +695,8 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     float *target = NULL;
     kf_layer *l;
     size_t rows, out, r, needed = 0, coll_rows;
+    int deferred;
+    obs_input gin;
     double alpha;
     kf_status s;
     if (!opt) {
@@ -694,11 +721,13 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
         kf__clear(&opt->err);
         return KF_OK;
     }
-    if (!kf__all_finite(rows, out, g, ldg)) {
+    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
+    /* As for the activations: alpha > 0 carries a NaN or Inf of g onto the factor's diagonal. */
+    deferred = l->p.uses == 1 && !coll_rows && l->p.algorithm != KF_ALGO_EKFAC;
+    if (!deferred && !kf__all_finite(rows, out, g, ldg)) {
         return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: g of layer %zu contains NaN or Inf", fn,
                         layer);
     }
-    coll_rows = (l->p.shared_mode == KF_SHARED_REDUCE && r > 1) ? n : 0;
     if (l->p.algorithm == KF_ALGO_EKFAC && (l->xobs_rows == 0 || l->xobs_n != n)) {
         return kf__fail(&opt->err, KF_ERR_STATE, "%s: EKFAC layer %zu needs the activations of "
                         "the same %zu examples observed first", fn, layer, n);
@@ -714,7 +743,13 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     }
     kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, target, out,
                            (float *)opt->obs_work);
-    if ((s = finish_observation(opt, fn, l, &l->g, n, 0)) != KF_OK) {
+    gin.data = g;
+    gin.rows = rows;
+    gin.width = out;
+    gin.ld = ldg;
+    gin.layer = layer;
+    gin.name = "g";
+    if ((s = finish_observation(opt, fn, l, &l->g, n, 0, deferred ? &gin : NULL)) != KF_OK) {
         return s;
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
@@ -975,10 +1010,13 @@ static void assemble_grad(const kf_layer *l, const grad_source *g, size_t i, flo
     }
 }
 
+static int reassociate(const kf_optimizer *opt, const kf_layer *l, const grad_source *g);
+
 /* Phase 1 for one layer: fold statistics into pending, refresh inverses or eigenbases into the
- * _next buffers. Fallible; writes nothing that phase 3 does not swap in. */
+ * _next buffers. Fallible; writes nothing that phase 3 does not swap in. local: no other rank
+ * shares the refreshes (the exchange of dist.c sends symmetric inverses). */
 static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due, int factorise,
-                            plan *pl, void *fact_scratch)
+                            int local, const grad_source *g, plan *pl, void *fact_scratch)
 {
     kf_layer *l = &opt->layers[i];
     const float *fa, *fg = NULL;
@@ -1028,22 +1066,28 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
         }
     } else if (pl->refresh) {
         size_t da = l->dim_a, out = l->p.out;
+        /* A factor used for one step only: factor + solve (n^3/3) beats the explicit inverse
+         * (n^3) with the same solve flops. An inverse kept for several steps stays explicit, as
+         * the checkpoints and the distributed exchange expect. */
+        kf_status (*refresh)(kf_errbuf *, size_t, const float *, size_t, float, kf_precision,
+                             float *, size_t, float *, void *);
+        pl->chol = local && opt->p.inverse_interval == 1 && !reassociate(opt, l, g) &&
+                   (l->p.algorithm == KF_ALGO_FOOF || l->p.algorithm == KF_ALGO_KFAC);
+        refresh = pl->chol ? kf__damped_cholesky_ws : kf__damped_inverse_ws;
         pl->damping = lambda;
         switch (l->p.algorithm) {
         case KF_ALGO_FOOF:
-            s = kf__damped_inverse_ws(&opt->err, da, fa, da, lambda, opt->p.inverse_precision,
-                                      l->a.inv_next, da, NULL, fact_scratch);
+            s = refresh(&opt->err, da, fa, da, lambda, opt->p.inverse_precision, l->a.inv_next,
+                        da, NULL, fact_scratch);
             break;
         case KF_ALGO_KFAC: {
             double gamma = sqrt((double)lambda);
             pl->pi = kf__pi(da, fa, da, out, fg, out);
-            s = kf__damped_inverse_ws(&opt->err, da, fa, da, (float)(pl->pi * gamma),
-                                      opt->p.inverse_precision, l->a.inv_next, da, NULL,
-                                      fact_scratch);
+            s = refresh(&opt->err, da, fa, da, (float)(pl->pi * gamma), opt->p.inverse_precision,
+                        l->a.inv_next, da, NULL, fact_scratch);
             if (s == KF_OK) {
-                s = kf__damped_inverse_ws(&opt->err, out, fg, out, (float)(gamma / pl->pi),
-                                          opt->p.inverse_precision, l->g.inv_next, out, NULL,
-                                          fact_scratch);
+                s = refresh(&opt->err, out, fg, out, (float)(gamma / pl->pi),
+                            opt->p.inverse_precision, l->g.inv_next, out, NULL, fact_scratch);
             }
             break;
         }
@@ -1137,7 +1181,28 @@ static double direction(kf_optimizer *opt, kf_layer *l, const grad_source *g, si
     size_t out = l->p.out, in = l->p.in, da = l->dim_a, nel = out * da;
     const float *ai = pl->refresh ? l->a.inv_next : l->a.inv;
     const float *gi = pl->refresh ? l->g.inv_next : l->g.inv;
+    int chol = pl->refresh ? pl->chol : l->inv_chol;
     double dot = 0.0;
+    if (chol) {
+        /* D = V (A + .)^{-1} (and (G + .)^{-1} first for K-FAC) by solves in place in dir; V is
+         * kept apart only for the KL-clip's <d, V>. */
+        if (opt->p.kl_clip > 0.0f) {
+            assemble_grad(l, g, i, v);
+            memcpy(l->dir, v, nel * sizeof(float));
+        } else {
+            assemble_grad(l, g, i, l->dir);
+        }
+        kf__chol_solve_right(out, da, ai, da, l->dir, da, t1);
+        if (l->p.algorithm == KF_ALGO_KFAC) {
+            kf__chol_solve_left(out, da, gi, out, l->dir, da, t1);
+        }
+        if (opt->p.kl_clip > 0.0f) {
+            for (size_t k = 0; k < nel; k++) {
+                dot += (double)l->dir[k] * (double)v[k];
+            }
+        }
+        return dot;
+    }
     if (reassociate(opt, l, g)) {
         const kf_layer_batch *b = &g->b[i];
         size_t rows = g->n * l->p.shared;
@@ -1158,6 +1223,25 @@ static double direction(kf_optimizer *opt, kf_layer *l, const grad_source *g, si
             kf__gemm(1, 0, out, da, rows, 1.0f, b->gs, b->ldgs, xp, da, 0.0f, l->dir, da);
         }
         return 0.0; /* only used with the KL-clip, which disables re-association */
+    }
+    if (!l->precond) {
+        assemble_grad(l, g, i, l->dir); /* the gradient is the direction: no copy through v */
+        return 0.0;
+    }
+    if (g->t && opt->p.kl_clip == 0.0f &&
+        (l->p.algorithm == KF_ALGO_FOOF || l->p.algorithm == KF_ALGO_KFAC)) {
+        /* [dW db] P = dW P[0:in, :] + db P[in, :], read from the caller's buffers: the copy of
+         * the gradient into V is a pass over it that the GEMM does not need. */
+        const kf_layer_tensors *t = &g->t[i];
+        float *vp = l->p.algorithm == KF_ALGO_KFAC ? t1 : l->dir;
+        kf__gemm(0, 0, out, da, in, 1.0f, t->grad_weight, t->ld_grad_weight, ai, da, 0.0f, vp, da);
+        if (l->p.bias) {
+            kf__gemm(0, 0, out, da, 1, 1.0f, t->grad_bias, 1, ai + in * da, da, 1.0f, vp, da);
+        }
+        if (l->p.algorithm == KF_ALGO_KFAC) {
+            kf__gemm(0, 0, out, da, out, 1.0f, gi, out, t1, da, 0.0f, l->dir, da);
+        }
+        return 0.0;
     }
     assemble_grad(l, g, i, v);
     switch (l->p.algorithm) {
@@ -1236,46 +1320,79 @@ static float flush_subnormal(float x)
     return fabsf(x) < 1.17549435e-38f ? 0.0f : x;
 }
 
-/* Whether the commit of layer i would leave its parameters and moments finite: the commit's own
- * arithmetic, evaluated without writing. */
-static int update_stays_finite(const kf_optimizer *opt, size_t i, const grad_source *g, float scale)
+/* 1 when the float is NaN or Inf (exponent bits all ones), as an integer so that loops OR it up
+ * and vectorise. */
+static uint32_t nonfinite_bit(float x)
 {
-    const kf_layer *l = &opt->layers[i];
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    return (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+}
+
+/* One pass over layer i before anything is written: is its direction finite (*dir_ok), and would
+ * the commit leave its parameters and moments finite (the return value)? The commit's own
+ * arithmetic, evaluated without touching the state. With momentum (not Adam) the new momentum is
+ * left in dir, which the step no longer needs, so that the commit reads it instead of recomputing
+ * it from mom and dir (one pass fewer over three buffers). */
+static int prepare_update(const kf_optimizer *opt, size_t i, const grad_source *g, float scale,
+                          int *dir_ok)
+{
+    kf_layer *l = (kf_layer *)&opt->layers[i];
     size_t out = l->p.out, in = l->p.in, da = l->dim_a;
     const float *w = src_weight(g, i), *bias = src_bias(g, i);
     size_t ldw = src_ld_weight(g, i);
     float lr = opt->p.learning_rate, mu = opt->p.momentum, wd = opt->p.weight_decay;
-    int adam = l->p.algorithm == KF_ALGO_ADAM;
-    float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2, eps = opt->p.adam_epsilon;
-    double t_step = (double)(opt->step + 1);
-    float c1 = (float)(1.0 / (1.0 - pow((double)b1, t_step)));
-    float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
-    uint32_t bad = 0;
-    for (size_t r = 0; r < out; r++) {
-        for (size_t c = 0; c < da; c++) {
-            size_t k = r * da + c;
-            float u, m2 = 0.0f, v2 = 0.0f, p, np;
-            uint32_t bits[3];
-            if (adam) {
-                m2 = b1 * l->mom[k] + (1.0f - b1) * l->dir[k];
-                v2 = b2 * l->adam_v[k] + (1.0f - b2) * l->dir[k] * l->dir[k];
-                u = (m2 * c1) / (sqrtf(v2 * c2) + eps);
-            } else if (mu > 0.0f) {
-                m2 = mu * l->mom[k] + scale * l->dir[k];
-                u = m2;
-            } else {
-                u = scale * l->dir[k];
+    uint32_t bad = 0, bad_dir = 0;
+    if (l->p.algorithm == KF_ALGO_ADAM) {
+        float b1 = opt->p.adam_beta1, b2 = opt->p.adam_beta2, eps = opt->p.adam_epsilon;
+        double t_step = (double)(opt->step + 1);
+        float c1 = (float)(1.0 / (1.0 - pow((double)b1, t_step)));
+        float c2 = (float)(1.0 / (1.0 - pow((double)b2, t_step)));
+        for (size_t r = 0; r < out; r++) {
+            for (size_t c = 0; c < da; c++) {
+                size_t k = r * da + c;
+                float dk = l->dir[k];
+                float m2 = b1 * l->mom[k] + (1.0f - b1) * dk;
+                float v2 = b2 * l->adam_v[k] + (1.0f - b2) * dk * dk;
+                float u = (m2 * c1) / (sqrtf(v2 * c2) + eps);
+                float p = c < in ? w[r * ldw + c] : bias[r];
+                float np = c < in ? p - lr * (u + wd * p) : p - lr * u;
+                bad_dir |= nonfinite_bit(dk);
+                bad |= nonfinite_bit(np) | nonfinite_bit(m2) | nonfinite_bit(v2);
             }
-            p = c < in ? w[r * ldw + c] : bias[r];
-            np = c < in ? p - lr * (u + wd * p) : p - lr * u;
-            memcpy(&bits[0], &np, 4);
-            memcpy(&bits[1], &m2, 4);
-            memcpy(&bits[2], &v2, 4);
-            bad |= (uint32_t)((bits[0] & 0x7f800000u) == 0x7f800000u) |
-                   (uint32_t)((bits[1] & 0x7f800000u) == 0x7f800000u) |
-                   (uint32_t)((bits[2] & 0x7f800000u) == 0x7f800000u);
+        }
+        *dir_ok = !bad_dir;
+        return !bad;
+    }
+    for (size_t r = 0; r < out; r++) {
+        float *d = l->dir + r * da;
+        const float *wr = w + r * ldw;
+        if (mu > 0.0f) {
+            const float *m = l->mom + r * da;
+            for (size_t c = 0; c < in; c++) {
+                float m2 = mu * m[c] + scale * d[c];
+                bad_dir |= nonfinite_bit(d[c]);
+                bad |= nonfinite_bit(m2) | nonfinite_bit(wr[c] - lr * (m2 + wd * wr[c]));
+                d[c] = flush_subnormal(m2);
+            }
+            if (l->p.bias) {
+                float m2 = mu * m[in] + scale * d[in];
+                bad_dir |= nonfinite_bit(d[in]);
+                bad |= nonfinite_bit(m2) | nonfinite_bit(bias[r] - lr * m2);
+                d[in] = flush_subnormal(m2);
+            }
+        } else {
+            for (size_t c = 0; c < in; c++) {
+                bad_dir |= nonfinite_bit(d[c]);
+                bad |= nonfinite_bit(wr[c] - lr * (scale * d[c] + wd * wr[c]));
+            }
+            if (l->p.bias) {
+                bad_dir |= nonfinite_bit(d[in]);
+                bad |= nonfinite_bit(bias[r] - lr * scale * d[in]);
+            }
         }
     }
+    *dir_ok = !bad_dir;
     return !bad;
 }
 
@@ -1330,7 +1447,7 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
     /* Phase 1: statistics and refreshes (fallible; nothing visible changes). */
     for (i = 0; i < opt->n_layers; i++) {
         int mine = !hook || !hook->owns || hook->owns(hook->ctx, i);
-        if ((s = plan_layer(opt, i, stats, inv_due, mine, &plans[i], fact)) != KF_OK) {
+        if ((s = plan_layer(opt, i, stats, inv_due, mine, hook == NULL, g, &plans[i], fact)) != KF_OK) {
             drop_folded(opt, plans, i + 1);
             return kf__prefix(&opt->err, s, fn);
         }
@@ -1357,9 +1474,10 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
             return kf__prefix(&opt->err, s, fn);
         }
     }
-    /* Phase 2: directions (infallible but for a non-finite result). When the directions are
-     * shared out, each caller computes those it owns, the exchange brings the others, and only
-     * then is every direction checked (by every caller alike) and the KL-clip's sum formed. */
+    /* Phase 2: directions (infallible but for a non-finite result, found below). When the
+     * directions are shared out, each caller computes those it owns, the exchange brings the
+     * others, and only then is the KL-clip's sum formed and every direction checked (by every
+     * caller alike, in the pass that prepares the update). */
     split = hook && hook->owns_direction && hook->exchange_directions;
     for (i = 0; i < opt->n_layers; i++) {
         kf_layer *l = &opt->layers[i];
@@ -1370,11 +1488,6 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         dot = direction(opt, l, g, i, &plans[i], v, t1, bw);
         if (split) {
             continue;
-        }
-        if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
-            drop_folded(opt, plans, opt->n_layers);
-            return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is not "
-                            "finite (increase the damping?)", fn, i);
         }
         if (l->precond) {
             dot_sum += dot;
@@ -1388,11 +1501,6 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         for (i = 0; i < opt->n_layers; i++) {
             kf_layer *l = &opt->layers[i];
             size_t nel = l->p.out * l->dim_a;
-            if (!kf__all_finite(l->p.out, l->dim_a, l->dir, l->dim_a)) {
-                drop_folded(opt, plans, opt->n_layers);
-                return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is "
-                                "not finite (increase the damping?)", fn, i);
-            }
             if (l->precond && opt->p.kl_clip > 0.0f) {
                 /* <d, V> as direction() forms it, so that the sum is the same bits. */
                 double dot = 0.0;
@@ -1410,13 +1518,29 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
         nu = q < 1.0 ? (float)sqrt(q) : 1.0f;
     }
 
-    /* The update itself can overflow from finite inputs (a huge gradient times the learning
-     * rate): computed once without writing, it must stay finite before anything is written. */
-    for (i = 0; i < opt->n_layers; i++) {
-        if (!update_stays_finite(opt, i, g, opt->layers[i].precond ? nu : 1.0f)) {
+    /* The directions must be finite, and the update itself can overflow from finite inputs (a
+     * huge gradient times the learning rate): both are found in one pass per layer, before
+     * anything is written. A non-finite direction is reported first, wherever it is. */
+    {
+        size_t bad_dir = SIZE_MAX, bad_update = SIZE_MAX;
+        for (i = 0; i < opt->n_layers; i++) {
+            int dir_ok = 1;
+            if (!prepare_update(opt, i, g, opt->layers[i].precond ? nu : 1.0f, &dir_ok) &&
+                bad_update == SIZE_MAX) {
+                bad_update = i;
+            }
+            if (!dir_ok && bad_dir == SIZE_MAX) {
+                bad_dir = i;
+            }
+        }
+        if (bad_dir != SIZE_MAX || bad_update != SIZE_MAX) {
             drop_folded(opt, plans, opt->n_layers);
+            if (bad_dir != SIZE_MAX) {
+                return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the direction of layer %zu is "
+                                "not finite (increase the damping?)", fn, bad_dir);
+            }
             return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: the update of layer %zu overflows "
-                            "(learning rate or gradients too large?)", fn, i);
+                            "(learning rate or gradients too large?)", fn, bad_update);
         }
     }
 
@@ -1445,9 +1569,8 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
             }
             us = 1.0f;
         } else if (mu > 0.0f) {
-            for (size_t k = 0; k < nel; k++) {
-                l->mom[k] = flush_subnormal(mu * l->mom[k] + scale * l->dir[k]);
-            }
+            /* prepare_update left the new momentum in dir: it becomes the momentum buffer. */
+            swap_f(&l->mom, &l->dir);
             upd = l->mom;
             us = 1.0f;
         }
@@ -1481,6 +1604,7 @@ static kf_status step_common(kf_optimizer *opt, const char *fn, const grad_sourc
                 swap_f(&l->g.eig, &l->g.eig_next);
             }
             l->has_inverse = 1;
+            l->inv_chol = pl->chol;
             l->inverse_count++;
             l->pi = pl->pi;
             l->damping_used = pl->damping;

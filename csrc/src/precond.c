@@ -18,6 +18,113 @@ void kf__kronecker_apply_ws(size_t out, size_t dim_a, const float *v, size_t ldv
     kf__gemm(0, 0, out, dim_a, out, 1.0f, g_inv, ld_ginv, scratch, dim_a, 0.0f, d, ldd);
 }
 
+/* Triangular solves with the factor of kf__damped_cholesky_ws, all in GEMMs: U has unit diagonal
+ * blocks, so a solve is recursive halving on block boundaries with one large GEMM per level and
+ * nothing at the bottom; the block-diagonal P sits between the two solves. OpenBLAS's strsm runs
+ * at about half sgemm's rate here, and a block-column loop about 60% (its many thin GEMMs repack
+ * the solved panel every time). Blocks [b0, b1) of KF_CHOL_NB; d is the full dimension. */
+static size_t blk_end(size_t blk, size_t d)
+{
+    size_t e = blk * KF_CHOL_NB;
+    return e < d ? e : d;
+}
+
+/* X (m x d), columns of blocks [b0, b1): Y U^T = X, left to right. */
+static void solve_rt(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
+                     size_t b0, size_t b1)
+{
+    size_t j0 = blk_end(b0, d), j1 = blk_end(b1, d), bm, mid;
+    if (b1 - b0 == 1) {
+        return;
+    }
+    bm = b0 + (b1 - b0 + 1) / 2;
+    mid = blk_end(bm, d);
+    solve_rt(m, d, lb, ldl, x, ldx, b0, bm);
+    kf__gemm(0, 1, m, j1 - mid, mid - j0, -1.0f, x + j0, ldx, lb + mid * ldl + j0, ldl, 1.0f,
+             x + mid, ldx);
+    solve_rt(m, d, lb, ldl, x, ldx, bm, b1);
+}
+
+/* D U = Y, right to left. */
+static void solve_rn(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
+                     size_t b0, size_t b1)
+{
+    size_t j0 = blk_end(b0, d), j1 = blk_end(b1, d), bm, mid;
+    if (b1 - b0 == 1) {
+        return;
+    }
+    bm = b0 + (b1 - b0 + 1) / 2;
+    mid = blk_end(bm, d);
+    solve_rn(m, d, lb, ldl, x, ldx, bm, b1);
+    kf__gemm(0, 0, m, mid - j0, j1 - mid, -1.0f, x + mid, ldx, lb + mid * ldl + j0, ldl, 1.0f,
+             x + j0, ldx);
+    solve_rn(m, d, lb, ldl, x, ldx, b0, bm);
+}
+
+/* X (d x m), rows of blocks [b0, b1): U Y = X, top to bottom. */
+static void solve_ln(size_t d, size_t m, const float *lb, size_t ldl, float *x, size_t ldx,
+                     size_t b0, size_t b1)
+{
+    size_t i0 = blk_end(b0, d), i1 = blk_end(b1, d), bm, mid;
+    if (b1 - b0 == 1) {
+        return;
+    }
+    bm = b0 + (b1 - b0 + 1) / 2;
+    mid = blk_end(bm, d);
+    solve_ln(d, m, lb, ldl, x, ldx, b0, bm);
+    kf__gemm(0, 0, i1 - mid, m, mid - i0, -1.0f, lb + mid * ldl + i0, ldl, x + i0 * ldx, ldx,
+             1.0f, x + mid * ldx, ldx);
+    solve_ln(d, m, lb, ldl, x, ldx, bm, b1);
+}
+
+/* U^T D = Y, bottom to top. */
+static void solve_lt(size_t d, size_t m, const float *lb, size_t ldl, float *x, size_t ldx,
+                     size_t b0, size_t b1)
+{
+    size_t i0 = blk_end(b0, d), i1 = blk_end(b1, d), bm, mid;
+    if (b1 - b0 == 1) {
+        return;
+    }
+    bm = b0 + (b1 - b0 + 1) / 2;
+    mid = blk_end(bm, d);
+    solve_lt(d, m, lb, ldl, x, ldx, bm, b1);
+    kf__gemm(1, 0, mid - i0, m, i1 - mid, -1.0f, lb + mid * ldl + i0, ldl, x + mid * ldx, ldx,
+             1.0f, x + i0 * ldx, ldx);
+    solve_lt(d, m, lb, ldl, x, ldx, b0, bm);
+}
+
+/* X (L L^T)^{-1} = ((X U^{-T}) P) U^{-1}. */
+void kf__chol_solve_right(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
+                          float *tmp)
+{
+    size_t nb = (d + KF_CHOL_NB - 1) / KF_CHOL_NB;
+    solve_rt(m, d, lb, ldl, x, ldx, 0, nb);
+    for (size_t j0 = 0; j0 < d; j0 += KF_CHOL_NB) {
+        size_t b = d - j0 < KF_CHOL_NB ? d - j0 : KF_CHOL_NB;
+        for (size_t i = 0; i < m; i++) {
+            memcpy(tmp + i * b, x + i * ldx + j0, b * sizeof(float));
+        }
+        kf__gemm(0, 0, m, b, b, 1.0f, tmp, b, lb + j0 * ldl + j0, ldl, 0.0f, x + j0, ldx);
+    }
+    solve_rn(m, d, lb, ldl, x, ldx, 0, nb);
+}
+
+/* (L L^T)^{-1} X = U^{-T} (P (U^{-1} X)). */
+void kf__chol_solve_left(size_t d, size_t m, const float *lb, size_t ldl, float *x, size_t ldx,
+                         float *tmp)
+{
+    size_t nb = (d + KF_CHOL_NB - 1) / KF_CHOL_NB;
+    solve_ln(d, m, lb, ldl, x, ldx, 0, nb);
+    for (size_t i0 = 0; i0 < d; i0 += KF_CHOL_NB) {
+        size_t b = d - i0 < KF_CHOL_NB ? d - i0 : KF_CHOL_NB;
+        for (size_t r = 0; r < b; r++) {
+            memcpy(tmp + r * m, x + (i0 + r) * ldx, m * sizeof(float));
+        }
+        kf__gemm(0, 0, b, m, b, 1.0f, lb + i0 * ldl + i0, ldl, tmp, m, 0.0f, x + i0 * ldx, ldx);
+    }
+    solve_lt(d, m, lb, ldl, x, ldx, 0, nb);
+}
+
 size_t kf__eigenbasis_scratch(size_t out, size_t dim_a)
 {
     return 2 * KF_ALIGN_UP(out * dim_a * sizeof(float));
