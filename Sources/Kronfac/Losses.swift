@@ -256,11 +256,16 @@ public struct SigmoidCrossEntropy: Loss, Sendable {
     }
 
     public func gradient(_ output: Tensor, target: Tensor) throws -> Tensor {
-        let (rows, columns) = try checkLossShapes(output, target, name: "SigmoidCrossEntropy")
+        let (_, columns) = try checkLossShapes(output, target, name: "SigmoidCrossEntropy")
         let scale = Float(weight(columns))
-        return mapRows(output, target, rows: rows, columns: columns) { f, y, r in
-            for c in 0..<columns { r[c] = scale * (stableSigmoid(f[c]) - y![c]) }
+        // sigma(f) - y through the core's vectorised sigmoid (libm's expf is a scalar call).
+        var result = try ActivationKind.sigmoid.apply(output, context: KernelContext())
+        target.withUnsafeBufferPointer { y in
+            result.withUnsafeMutableBufferPointer { r in
+                for i in r.indices { r[i] = scale * (r[i] - y[i]) }
+            }
         }
+        return result
     }
 
     public func sampledCurvatureVectors(_ output: Tensor, using generator: inout SeededGenerator) throws -> Tensor {
