@@ -186,87 +186,87 @@ kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t l
 /* In place: the lower triangular b x b block at a (row stride lda) becomes its inverse. Row i of
  * W = B^{-1} needs only the rows above it: W[i][j] = -(sum_{j<=k<i} B[i][k] W[k][j]) / B[i][i],
  * accumulated aside so that row i of B is read whole before it is overwritten. */
-static void trinv_lower_block_d(size_t b, double *a, size_t lda)
-{
-    double acc[KF_CHOL_NB];
-    for (size_t i = 0; i < b; i++) {
-        double *ri = a + i * lda, inv = 1.0 / ri[i];
-        for (size_t j = 0; j < i; j++) {
-            acc[j] = 0.0;
-        }
-        for (size_t k = 0; k < i; k++) {
-            const double c = ri[k], *wk = a + k * lda;
-            for (size_t j = 0; j <= k; j++) {
-                acc[j] += c * wk[j];
-            }
-        }
-        for (size_t j = 0; j < i; j++) {
-            ri[j] = -acc[j] * inv;
-        }
-        ri[i] = inv;
+#define KF_DEFINE_TRINV_LOWER_BLOCK(NAME, T)                                                      \
+    static void NAME(size_t b, T *a, size_t lda)                                                 \
+    {                                                                                             \
+        T acc[KF_CHOL_NB];                                                                        \
+        for (size_t i = 0; i < b; i++) {                                                          \
+            T *ri = a + i * lda, inv = (T)1 / ri[i];                                              \
+            for (size_t j = 0; j < i; j++) {                                                      \
+                acc[j] = 0;                                                                       \
+            }                                                                                     \
+            for (size_t k = 0; k < i; k++) {                                                      \
+                const T c = ri[k], *wk = a + k * lda;                                             \
+                for (size_t j = 0; j <= k; j++) {                                                 \
+                    acc[j] += c * wk[j];                                                          \
+                }                                                                                 \
+            }                                                                                     \
+            for (size_t j = 0; j < i; j++) {                                                      \
+                ri[j] = -acc[j] * inv;                                                            \
+            }                                                                                     \
+            ri[i] = inv;                                                                          \
+        }                                                                                         \
     }
-}
 
-static void trinv_lower_block_f(size_t b, float *a, size_t lda)
-{
-    float acc[KF_CHOL_NB];
-    for (size_t i = 0; i < b; i++) {
-        float *ri = a + i * lda, inv = 1.0f / ri[i];
-        for (size_t j = 0; j < i; j++) {
-            acc[j] = 0.0f;
-        }
-        for (size_t k = 0; k < i; k++) {
-            const float c = ri[k], *wk = a + k * lda;
-            for (size_t j = 0; j <= k; j++) {
-                acc[j] += c * wk[j];
-            }
-        }
-        for (size_t j = 0; j < i; j++) {
-            ri[j] = -acc[j] * inv;
-        }
-        ri[i] = inv;
+KF_DEFINE_TRINV_LOWER_BLOCK(trinv_lower_block_d, double)
+KF_DEFINE_TRINV_LOWER_BLOCK(trinv_lower_block_f, float)
+
+/* In place in w (n x n, row stride ldw, the damped factor's lower triangle already copied in),
+ * straight into the stored form of kf__damped_cholesky_ws (kf_internal.h): a right-looking
+ * blocked Cholesky whose panel step multiplies by the diagonal block's inverse P_J = A_JJ^{-1}
+ * instead of a triangular solve, so that everything but the 128-wide diagonal blocks runs in
+ * GEMMs. With A_JJ = B B^T (a small potrf): C = A_{>J,J} P_J are U's blocks, and the Schur
+ * complement A_{>J,>J} - A_{>J,J} P_J A_{J,>J} is A_{>J,>J} - C A_{>J,J}^T, of which only the
+ * lower block triangle is formed. tmp: n * KF_CHOL_NB + KF_CHOL_NB^2 elements. 0 when a
+ * diagonal block is not positive definite. */
+#define KF_DEFINE_BLOCKED_CHOLESKY(NAME, T, POTRF, TRINV, GEMM)                                   \
+    static int NAME(size_t n, T *w, size_t ldw, T *tmp)                                           \
+    {                                                                                             \
+        T *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;                                      \
+        for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {                                           \
+            size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;                    \
+            T *ajj = w + j0 * ldw + j0;                                                           \
+            if (POTRF(b, ajj, ldw) != 0) {                                                        \
+                return 0;                                                                         \
+            }                                                                                     \
+            for (size_t i = 0; i < b; i++) {                                                      \
+                memset(ajj + i * ldw + i + 1, 0, (b - i - 1) * sizeof *w);                        \
+            }                                                                                     \
+            TRINV(b, ajj, ldw);                                                                   \
+            GEMM(1, 0, b, b, b, 1, ajj, ldw, ajj, ldw, 0, pj, b);                                 \
+            for (size_t i = 0; i < b; i++) {                                                      \
+                memcpy(ajj + i * ldw, pj + i * b, b * sizeof *w);                                 \
+            }                                                                                     \
+            if (j1 < n) {                                                                         \
+                size_t r = n - j1;                                                                \
+                T *c = w + j1 * ldw + j0;                                                         \
+                for (size_t i = 0; i < r; i++) {                                                  \
+                    memcpy(panel + i * b, c + i * ldw, b * sizeof *w);                            \
+                }                                                                                 \
+                GEMM(0, 0, r, b, b, 1, panel, b, pj, b, 0, c, ldw);                               \
+                for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {                                  \
+                    size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;                        \
+                    GEMM(0, 1, i1 - i0, i1 - j1, b, -1, w + i0 * ldw + j0, ldw, panel, b, 1,      \
+                         w + i0 * ldw + j1, ldw);                                                 \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        return 1;                                                                                 \
     }
-}
 
-/* In place in the output (optimizer scratch; unspecified after a failure), straight into the
- * stored form of kf__damped_cholesky_ws (kf_internal.h): a right-looking blocked Cholesky whose panel step multiplies by
- * the diagonal block's inverse P_J = A_JJ^{-1} instead of a triangular solve, so that everything
- * but the 128-wide diagonal blocks runs in GEMMs. With A_JJ = B B^T (a small potrf):
- * C = A_{>J,J} P_J are U's blocks, and the Schur complement A_{>J,>J} - A_{>J,J} P_J A_{J,>J} is
- * A_{>J,>J} - C A_{>J,J}^T, of which only the lower block triangle is formed. tmp: n * KF_CHOL_NB +
- * KF_CHOL_NB^2 floats. */
+KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_f, float, kf__spd_cholesky_f, trinv_lower_block_f,
+                           kf__gemm)
+KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_d, double, kf__spd_cholesky_d, trinv_lower_block_d,
+                           kf__dgemm)
+
+/* The factor of f + shift I in float, in place in the output w (optimizer scratch; unspecified
+ * after a failure); 0 when it fails or is not finite. */
 static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw,
                       float *tmp)
 {
-    float *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;
     sym_copy_f(n, f, ldf, shift, w, ldw);
-    for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {
-        size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;
-        float *ajj = w + j0 * ldw + j0;
-        if (kf__spd_cholesky_f(b, ajj, ldw) != 0) {
-            return 0;
-        }
-        for (size_t i = 0; i < b; i++) {
-            memset(ajj + i * ldw + i + 1, 0, (b - i - 1) * sizeof *w);
-        }
-        trinv_lower_block_f(b, ajj, ldw);
-        kf__gemm(1, 0, b, b, b, 1.0f, ajj, ldw, ajj, ldw, 0.0f, pj, b);
-        for (size_t i = 0; i < b; i++) {
-            memcpy(ajj + i * ldw, pj + i * b, b * sizeof *w);
-        }
-        if (j1 < n) {
-            size_t r = n - j1;
-            float *c = w + j1 * ldw + j0;
-            for (size_t i = 0; i < r; i++) {
-                memcpy(panel + i * b, c + i * ldw, b * sizeof *w);
-            }
-            kf__gemm(0, 0, r, b, b, 1.0f, panel, b, pj, b, 0.0f, c, ldw);
-            for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {
-                size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;
-                kf__gemm(0, 1, i1 - i0, i1 - j1, b, -1.0f, w + i0 * ldw + j0, ldw, panel, b, 1.0f,
-                         w + i0 * ldw + j1, ldw);
-            }
-        }
+    if (!blocked_cholesky_f(n, w, ldw, tmp)) {
+        return 0;
     }
     for (size_t i = 0; i < n; i++) {
         size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
@@ -282,35 +282,9 @@ static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *
 /* chol_float in double, in w (n x n) with tmp as in chol_float (doubles). */
 static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w, double *tmp)
 {
-    double *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;
     sym_copy_d(n, f, ldf, shift, w);
-    for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {
-        size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;
-        double *ajj = w + j0 * n + j0;
-        if (kf__spd_cholesky_d(b, ajj, n) != 0) {
-            return 0;
-        }
-        for (size_t i = 0; i < b; i++) {
-            memset(ajj + i * n + i + 1, 0, (b - i - 1) * sizeof *w);
-        }
-        trinv_lower_block_d(b, ajj, n);
-        kf__dgemm(1, 0, b, b, b, 1.0, ajj, n, ajj, n, 0.0, pj, b);
-        for (size_t i = 0; i < b; i++) {
-            memcpy(ajj + i * n, pj + i * b, b * sizeof *w);
-        }
-        if (j1 < n) {
-            size_t r = n - j1;
-            double *c = w + j1 * n + j0;
-            for (size_t i = 0; i < r; i++) {
-                memcpy(panel + i * b, c + i * n, b * sizeof *w);
-            }
-            kf__dgemm(0, 0, r, b, b, 1.0, panel, b, pj, b, 0.0, c, n);
-            for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {
-                size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;
-                kf__dgemm(0, 1, i1 - i0, i1 - j1, b, -1.0, w + i0 * n + j0, n, panel, b, 1.0,
-                          w + i0 * n + j1, n);
-            }
-        }
+    if (!blocked_cholesky_d(n, w, n, tmp)) {
+        return 0;
     }
     for (size_t i = 0; i < n; i++) {
         size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
