@@ -182,7 +182,8 @@ kf_status kf_activation_backward(kf_context *ctx, kf_activation f, size_t n, con
         break;
     case KF_ACTIVATION_RELU:
         for (size_t i = 0; i < n; i++) {
-            dx[i] = y[i] > 0 ? dy[i] : 0.0f;
+            float g = dy[i]; /* read unconditionally, so that the loop vectorises */
+            dx[i] = y[i] > 0 ? g : 0.0f;
         }
         break;
     case KF_ACTIVATION_TANH:
