@@ -1,29 +1,11 @@
 # Builds examples/consumer_dist against an installed kronfac with its MPI module, through
 # find_package(kronfac COMPONENTS dist) (MODE=cmake) or pkg-config kronfac_dist (MODE=pkgconfig),
 # and runs it under MPIRUN (a list: the launcher and its flags).
-file(REMOVE_RECURSE ${BIN})
-file(MAKE_DIRECTORY ${BIN})
+include(${CMAKE_CURRENT_LIST_DIR}/consumer_common.cmake)
 if(MODE STREQUAL "cmake")
-  execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${BIN} -DCMAKE_PREFIX_PATH=${PREFIX}
-                  RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "configuring the find_package(kronfac COMPONENTS dist) consumer failed")
-  endif()
-  execute_process(COMMAND ${CMAKE_COMMAND} --build ${BIN} RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "building the find_package dist consumer failed")
-  endif()
+  consumer_build_with_find_package("find_package(kronfac COMPONENTS dist) consumer")
 else()
-  find_program(PKG_CONFIG pkg-config REQUIRED)
-  file(GLOB pcdirs ${PREFIX}/lib*/pkgconfig ${PREFIX}/lib/*/pkgconfig)
-  string(REPLACE ";" ":" pcpath "${pcdirs}")
-  set(ENV{PKG_CONFIG_PATH} "${pcpath}")
-  execute_process(COMMAND ${PKG_CONFIG} --cflags --libs kronfac_dist OUTPUT_VARIABLE flags
-                  OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "pkg-config does not know kronfac_dist (PKG_CONFIG_PATH=${pcpath})")
-  endif()
-  separate_arguments(flags UNIX_COMMAND "${flags}")
+  consumer_pkg_config(kronfac_dist flags libdir)
   execute_process(COMMAND ${CC} -std=c99 -Wall -Wextra -Wpedantic -Werror ${SRC}/consumer_dist.c
                           ${flags} -o ${BIN}/consumer_dist RESULT_VARIABLE rc)
   if(rc)
