@@ -36,8 +36,8 @@ extension Layer {
 public enum SharedAxisApproximation: Sendable {
     /// Decided from the model: `.reduce` when the shared axis is pooled away (`GlobalAveragePool`,
     /// `SharedAxisPool`) before anything flattens it; otherwise `.expand`, with one loss term per
-    /// example when a `Flatten` comes first (KFC, Grosse & Martens 2016) and one per position when
-    /// the axis reaches the loss.
+    /// example when a `Flatten` (or a `Reshape`) comes first (KFC, Grosse & Martens 2016) and one
+    /// per position when the axis reaches the loss.
     case automatic
     /// K-FAC-expand: positions are treated like extra examples (exact for per-position losses).
     case expand

@@ -248,7 +248,7 @@ public class Optimizer {
     }
 
     /// One step: hands the statistics of the last passes to the core (on statistics steps) and
-    /// updates every dense layer's parameters in place from its gradients.
+    /// updates the parameters of every dense and convolution layer in place from its gradients.
     ///
     /// - Throws: `.state` when a layer's backward pass (or, on a statistics step, the curvature
     ///   pass K-FAC needs) is missing or was already used; `.nonFinite` for NaN or infinity in
@@ -260,7 +260,7 @@ public class Optimizer {
         let statistics = try needsStatistics
         for (index, layer) in layers.enumerated() {
             guard layer.forwardCount > 0, layer.lastInput != nil else {
-                throw KronfacError(.state, "dense layer \(index) has no forward pass to learn from")
+                throw KronfacError(.state, "layer \(index) has no forward pass to learn from")
             }
             guard layer.positions == boundShapes[index].positions else {
                 throw KronfacError(.shape,
@@ -269,21 +269,21 @@ public class Optimizer {
             }
             guard layer.forwardCount != layer.updatedForward else {
                 throw KronfacError(.state,
-                    "dense layer \(index): the gradients of the last forward pass were already used by a step")
+                    "layer \(index): the gradients of the last forward pass were already used by a step")
             }
             guard layer.outputGradientForward == layer.forwardCount else {
-                throw KronfacError(.state, "dense layer \(index) has no backward pass for its last forward pass")
+                throw KronfacError(.state, "layer \(index) has no backward pass for its last forward pass")
             }
             if needsCurvaturePass(statistics) && layer.curvatureGradientForward != layer.forwardCount {
                 throw KronfacError(.state,
-                    "dense layer \(index): this statistics step needs the curvature backward pass "
+                    "layer \(index): this statistics step needs the curvature backward pass "
                         + "(backward(v, pass: .curvature) with sampled-target vectors)")
             }
         }
         // One batch size for the whole step (checked before anything is handed to the core).
         let rows = layers[0].gradientExamples
         for (index, layer) in layers.enumerated() where layer.gradientExamples != rows {
-            throw KronfacError(.shape, "dense layer \(index) saw another batch size than layer 0 in its last pass")
+            throw KronfacError(.shape, "layer \(index) saw another batch size than layer 0 in its last pass")
         }
         if statistics {
             for (index, layer) in layers.enumerated() {

@@ -344,14 +344,14 @@ public final class Trainer {
         let layers = model.linearMaps
         let layerCount = Int(try reader.u32())
         guard layerCount == layers.count else {
-            throw KronfacError(.format, "\(path) holds \(layerCount) dense layers, the model has \(layers.count)")
+            throw KronfacError(.format, "\(path) holds \(layerCount) layers with parameters, the model has \(layers.count)")
         }
         var parameters: [([Float], [Float]?)] = []
         for (index, layer) in layers.enumerated() {
             let out = try reader.int(), inp = try reader.int(), hasBias = try reader.u8() != 0
             guard out == layer.outputSize, inp == layer.inputSize, hasBias == layer.hasBias else {
                 throw KronfacError(.format,
-                    "\(path): dense layer \(index) is \(inp) -> \(out)\(hasBias ? "" : " without bias"), "
+                    "\(path): layer \(index) is \(inp) -> \(out)\(hasBias ? "" : " without bias"), "
                         + "the model's is \(layer.inputSize) -> \(layer.outputSize)\(layer.hasBias ? "" : " without bias")")
             }
             let weight = try reader.floats(out * inp)

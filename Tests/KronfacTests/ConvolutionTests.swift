@@ -244,3 +244,20 @@ func convolutionCheckpointResumes() throws {
     #expect(bitwiseEqual(parameterSnapshot(straight.model), parameterSnapshot(resumed.model)))
     #expect(parameterSnapshot(straight.model).count == 6)
 }
+
+@Test("An optimizer refuses a convolution whose number of locations changed, and changes nothing")
+func changedLocationsAreRefused() throws {
+    let model = Sequential(seed: 2, Conv2D(1, 2, kernelSize: 3), GlobalAveragePool(), Dense(2, 3))
+    let optimizer = try FOOF(inverseInterval: 1)
+    for side in [6, 8] {
+        let output = try model.forward(randomTensor([2, 1, side, side], seed: UInt64(side)))
+        _ = try model.backward(randomTensor(output.shape, seed: 3))
+        if side == 6 {
+            try optimizer.update(model)
+        } else {
+            let before = parameterSnapshot(model)
+            expectKronfacError(.shape, mentioning: ["layer 0", "16 positions", "36"]) { try optimizer.update(model) }
+            #expect(bitwiseEqual(parameterSnapshot(model), before) && optimizer.stepCount == 1)
+        }
+    }
+}
