@@ -75,45 +75,30 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
  * plain loop would miss the cache on every element of the strided side for large n. */
 #define KF_SYM_TILE 32
 
-/* The lower triangle of w (row stride ldw) = (f + f^T) / 2 + shift I: all the factorisations
- * read. */
-static void sym_copy_f(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw)
-{
-    for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
-        size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
-        for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {
-            size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;
-            for (size_t i = ib; i < ie; i++) {
-                size_t jend = je < i + 1 ? je : i + 1;
-                for (size_t j = jb; j < jend; j++) {
-                    w[i * ldw + j] = 0.5f * (f[i * ldf + j] + f[j * ldf + i]);
-                }
-            }
-        }
+/* The lower triangle of w (row stride ldw) = (f + f^T) / 2 + shift I, in T: all the
+ * factorisations read. */
+#define KF_DEFINE_SYM_COPY(NAME, T)                                                               \
+    static void NAME(size_t n, const float *f, size_t ldf, T shift, T *w, size_t ldw)             \
+    {                                                                                             \
+        for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {                                          \
+            size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;                              \
+            for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {                                    \
+                size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;                          \
+                for (size_t i = ib; i < ie; i++) {                                                \
+                    size_t jend = je < i + 1 ? je : i + 1;                                        \
+                    for (size_t j = jb; j < jend; j++) {                                          \
+                        w[i * ldw + j] = (T)0.5 * ((T)f[i * ldf + j] + (T)f[j * ldf + i]);        \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        for (size_t i = 0; i < n; i++) {                                                          \
+            w[i * ldw + i] += shift;                                                              \
+        }                                                                                         \
     }
-    for (size_t i = 0; i < n; i++) {
-        w[i * ldw + i] += shift;
-    }
-}
 
-static void sym_copy_d(size_t n, const float *f, size_t ldf, double shift, double *w)
-{
-    for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {
-        size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;
-        for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {
-            size_t je = jb + KF_SYM_TILE < n ? jb + KF_SYM_TILE : n;
-            for (size_t i = ib; i < ie; i++) {
-                size_t jend = je < i + 1 ? je : i + 1;
-                for (size_t j = jb; j < jend; j++) {
-                    w[i * n + j] = 0.5 * ((double)f[i * ldf + j] + (double)f[j * ldf + i]);
-                }
-            }
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        w[i * n + i] += shift;
-    }
-}
+KF_DEFINE_SYM_COPY(sym_copy_f, float)
+KF_DEFINE_SYM_COPY(sym_copy_d, double)
 
 /* 1 if every entry is finite and within the float range (a near-singular inverse can exceed
  * FLT_MAX in double). One pass: NaN fails the comparison too. */
@@ -134,7 +119,7 @@ static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w
 
 static int try_double(size_t n, const float *f, size_t ldf, double shift, double *w)
 {
-    sym_copy_d(n, f, ldf, shift, w);
+    sym_copy_d(n, f, ldf, shift, w, n);
     return kf__spd_inverse_d(n, w, n) == 0 && fits_float_d(n, n, w);
 }
 
@@ -282,7 +267,7 @@ static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *
 /* chol_float in double, in w (n x n) with tmp as in chol_float (doubles). */
 static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w, double *tmp)
 {
-    sym_copy_d(n, f, ldf, shift, w);
+    sym_copy_d(n, f, ldf, shift, w, n);
     if (!blocked_cholesky_d(n, w, n, tmp)) {
         return 0;
     }

@@ -50,8 +50,9 @@ static void axpy4_d(size_t len, double c0, const double *restrict x0, double c1,
     }
 }
 
-/* Copies the strict upper triangle onto the strict lower one, tile by tile. */
-static void upper_to_lower_d(size_t n, double *a, size_t lda)
+/* Copies one strict triangle onto the other, tile by tile: the upper onto the lower with
+ * to_lower, else the lower (the callers' triangle) onto the upper (the factorisation's). */
+static void mirror_d(size_t n, double *a, size_t lda, int to_lower)
 {
     for (size_t ib = 0; ib < n; ib += KF_TILE) {
         size_t ie = min_size(ib + KF_TILE, n);
@@ -60,25 +61,11 @@ static void upper_to_lower_d(size_t n, double *a, size_t lda)
             for (size_t i = ib; i < ie; i++) {
                 size_t jend = min_size(je, i);
                 for (size_t j = jb; j < jend; j++) {
-                    a[i * lda + j] = a[j * lda + i];
-                }
-            }
-        }
-    }
-}
-
-/* The mirror the other way: the callers give the lower triangle, the factorisation reads the
- * upper one. */
-static void lower_to_upper_d(size_t n, double *a, size_t lda)
-{
-    for (size_t ib = 0; ib < n; ib += KF_TILE) {
-        size_t ie = min_size(ib + KF_TILE, n);
-        for (size_t jb = 0; jb <= ib; jb += KF_TILE) {
-            size_t je = min_size(jb + KF_TILE, n);
-            for (size_t i = ib; i < ie; i++) {
-                size_t jend = min_size(je, i);
-                for (size_t j = jb; j < jend; j++) {
-                    a[j * lda + i] = a[i * lda + j];
+                    if (to_lower) {
+                        a[i * lda + j] = a[j * lda + i];
+                    } else {
+                        a[j * lda + i] = a[i * lda + j];
+                    }
                 }
             }
         }
@@ -220,25 +207,25 @@ static void lauum_lower_to_upper_d(size_t n, double *a, size_t lda)
 
 int kf__spd_inverse_d(size_t n, double *a, size_t lda)
 {
-    lower_to_upper_d(n, a, lda);
+    mirror_d(n, a, lda, 0);
     if (chol_upper_d(n, a, lda) != 0) {
         return 1;
     }
     trinv_upper_d(n, a, lda);
-    upper_to_lower_d(n, a, lda);
+    mirror_d(n, a, lda, 1);
     lauum_lower_to_upper_d(n, a, lda);
-    upper_to_lower_d(n, a, lda);
+    mirror_d(n, a, lda, 1);
     return 0;
 }
 
 /* The upper factor U (A = U^T U), copied transposed into the lower triangle: L = U^T. */
 int kf__spd_cholesky_d(size_t n, double *a, size_t lda)
 {
-    lower_to_upper_d(n, a, lda);
+    mirror_d(n, a, lda, 0);
     if (chol_upper_d(n, a, lda) != 0) {
         return 1;
     }
-    upper_to_lower_d(n, a, lda);
+    mirror_d(n, a, lda, 1);
     return 0;
 }
 
@@ -260,7 +247,7 @@ static void axpy4_f(size_t len, float c0, const float *restrict x0, float c1,
     }
 }
 
-static void upper_to_lower_f(size_t n, float *a, size_t lda)
+static void mirror_f(size_t n, float *a, size_t lda, int to_lower)
 {
     for (size_t ib = 0; ib < n; ib += KF_TILE) {
         size_t ie = min_size(ib + KF_TILE, n);
@@ -269,25 +256,11 @@ static void upper_to_lower_f(size_t n, float *a, size_t lda)
             for (size_t i = ib; i < ie; i++) {
                 size_t jend = min_size(je, i);
                 for (size_t j = jb; j < jend; j++) {
-                    a[i * lda + j] = a[j * lda + i];
-                }
-            }
-        }
-    }
-}
-
-/* The mirror the other way: the callers give the lower triangle, the factorisation reads the
- * upper one. */
-static void lower_to_upper_f(size_t n, float *a, size_t lda)
-{
-    for (size_t ib = 0; ib < n; ib += KF_TILE) {
-        size_t ie = min_size(ib + KF_TILE, n);
-        for (size_t jb = 0; jb <= ib; jb += KF_TILE) {
-            size_t je = min_size(jb + KF_TILE, n);
-            for (size_t i = ib; i < ie; i++) {
-                size_t jend = min_size(je, i);
-                for (size_t j = jb; j < jend; j++) {
-                    a[j * lda + i] = a[i * lda + j];
+                    if (to_lower) {
+                        a[i * lda + j] = a[j * lda + i];
+                    } else {
+                        a[j * lda + i] = a[i * lda + j];
+                    }
                 }
             }
         }
@@ -392,24 +365,24 @@ static void lauum_lower_to_upper_f(size_t n, float *a, size_t lda)
 
 int kf__spd_cholesky_f(size_t n, float *a, size_t lda)
 {
-    lower_to_upper_f(n, a, lda);
+    mirror_f(n, a, lda, 0);
     if (chol_upper_f(n, a, lda) != 0) {
         return 1;
     }
-    upper_to_lower_f(n, a, lda);
+    mirror_f(n, a, lda, 1);
     return 0;
 }
 
 int kf__spd_inverse_f(size_t n, float *a, size_t lda)
 {
-    lower_to_upper_f(n, a, lda);
+    mirror_f(n, a, lda, 0);
     if (chol_upper_f(n, a, lda) != 0) {
         return 1;
     }
     trinv_upper_f(n, a, lda);
-    upper_to_lower_f(n, a, lda);
+    mirror_f(n, a, lda, 1);
     lauum_lower_to_upper_f(n, a, lda);
-    upper_to_lower_f(n, a, lda);
+    mirror_f(n, a, lda, 1);
     return 0;
 }
 
