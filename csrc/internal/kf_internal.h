@@ -65,6 +65,10 @@ size_t kf__cholesky_scratch(size_t n);
 kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
                                  kf_precision precision, float *lb, size_t ldl, float *jitter_used,
                                  void *scratch);
+/* X (m x d) <- X U^{-T} on the columns of blocks [b0, b1) (KF_CHOL_NB wide), U the unit
+ * block-lower part of such a factor; inverse.c's factorisation uses it too. */
+void kf__unit_solve_rt(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
+                       size_t b0, size_t b1);
 /* X (m x d) <- X (L L^T)^{-1}, in place; tmp holds m * min(d, KF_CHOL_NB) floats. */
 void kf__chol_solve_right(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
                           float *tmp);

@@ -55,9 +55,10 @@ size_t kf__inverse_scratch(size_t n)
 
 size_t kf__cholesky_scratch(size_t n)
 {
-    /* The working matrix, then the blocked Cholesky's panel and diagonal block. */
-    return KF_ALIGN_UP(n * n * sizeof(double)) +
-           KF_ALIGN_UP((n * KF_CHOL_NB + KF_CHOL_NB * KF_CHOL_NB) * sizeof(double));
+    /* The working matrix (double; the float path works in its output), then the blocked
+     * Cholesky's tmp: the copy of Y (m k <= ((m + k) / 2)^2 = n^2 / 4) or a leaf's block. */
+    size_t tmp = (n * n + 3) / 4 > KF_CHOL_NB * KF_CHOL_NB ? (n * n + 3) / 4 : KF_CHOL_NB * KF_CHOL_NB;
+    return KF_ALIGN_UP(n * n * sizeof(double)) + KF_ALIGN_UP(tmp * sizeof(double));
 }
 
 /* Mean of the diagonal of F, or 1 when it is not positive: the unit the jitter is measured in. */
@@ -76,10 +77,13 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
 #define KF_SYM_TILE 32
 
 /* The lower triangle of w (row stride ldw) = (f + f^T) / 2 + shift I, in T: all the
- * factorisations read. */
+ * factorisations read. Returns 0 when f holds a NaN or Inf (every element of f is read once, so
+ * this is the factor's finiteness check too); halves are added so that finite floats cannot
+ * overflow. */
 #define KF_DEFINE_SYM_COPY(NAME, T)                                                               \
-    static void NAME(size_t n, const float *f, size_t ldf, T shift, T *w, size_t ldw)             \
+    static int NAME(size_t n, const float *f, size_t ldf, T shift, T *w, size_t ldw)              \
     {                                                                                             \
+        int ok = 1;                                                                               \
         for (size_t ib = 0; ib < n; ib += KF_SYM_TILE) {                                          \
             size_t ie = ib + KF_SYM_TILE < n ? ib + KF_SYM_TILE : n;                              \
             for (size_t jb = 0; jb <= ib; jb += KF_SYM_TILE) {                                    \
@@ -87,7 +91,9 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
                 for (size_t i = ib; i < ie; i++) {                                                \
                     size_t jend = je < i + 1 ? je : i + 1;                                        \
                     for (size_t j = jb; j < jend; j++) {                                          \
-                        w[i * ldw + j] = (T)0.5 * ((T)f[i * ldf + j] + (T)f[j * ldf + i]);        \
+                        T v = (T)0.5 * (T)f[i * ldf + j] + (T)0.5 * (T)f[j * ldf + i];            \
+                        ok &= v - v == 0;                                                         \
+                        w[i * ldw + j] = v;                                                       \
                     }                                                                             \
                 }                                                                                 \
             }                                                                                     \
@@ -95,10 +101,36 @@ static double diag_unit(size_t n, const float *f, size_t ldf)
         for (size_t i = 0; i < n; i++) {                                                          \
             w[i * ldw + i] += shift;                                                              \
         }                                                                                         \
+        return ok;                                                                                \
     }
 
 KF_DEFINE_SYM_COPY(sym_copy_f, float)
 KF_DEFINE_SYM_COPY(sym_copy_d, double)
+
+/* The lower triangle of w = f + shift I as it is. The optimizer's factors are exactly symmetric
+ * (every producer mirrors the one triangle it computes, and the moving averages act elementwise),
+ * so the factor + solve path it uses reads one contiguous triangle; symmetrising reads the other
+ * one column-wise, which cost as much as a tenth of the factorisation. 0 when the triangle holds a
+ * NaN or Inf. */
+#define KF_DEFINE_LOWER_COPY(NAME, T)                                                             \
+    static int NAME(size_t n, const float *f, size_t ldf, T shift, T *w, size_t ldw)              \
+    {                                                                                             \
+        int ok = 1;                                                                               \
+        for (size_t i = 0; i < n; i++) {                                                          \
+            const float *fi = f + i * ldf;                                                        \
+            T *wi = w + i * ldw;                                                                  \
+            for (size_t j = 0; j <= i; j++) {                                                     \
+                T v = (T)fi[j];                                                                   \
+                ok &= v - v == 0;                                                                 \
+                wi[j] = v;                                                                        \
+            }                                                                                     \
+            wi[i] += shift;                                                                       \
+        }                                                                                         \
+        return ok;                                                                                \
+    }
+
+KF_DEFINE_LOWER_COPY(lower_copy_f, float)
+KF_DEFINE_LOWER_COPY(lower_copy_d, double)
 
 /* 1 if every entry is finite and within the float range (a near-singular inverse can exceed
  * FLT_MAX in double). One pass: NaN fails the comparison too. */
@@ -111,62 +143,62 @@ static int fits_float_d(size_t rows, size_t n, const double *w)
     return ok;
 }
 
-static int try_float(size_t n, const float *f, size_t ldf, float shift, float *w)
-{
-    sym_copy_f(n, f, ldf, shift, w, n);
-    return kf__spd_inverse_f(n, w, n) == 0 && kf__all_finite(n, n, w, n);
-}
-
-static int try_double(size_t n, const float *f, size_t ldf, double shift, double *w)
-{
-    sym_copy_d(n, f, ldf, shift, w, n);
-    return kf__spd_inverse_d(n, w, n) == 0 && fits_float_d(n, n, w);
-}
-
-kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
-                                kf_precision precision, float *inv, size_t ldinv,
-                                float *jitter_used, void *scratch)
-{
-    double unit, jitter = 0.0;
-    double *wd = (double *)scratch;
-    if (!kf__all_finite(n, n, f, ldf)) {
-        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
-    }
-    if (precision == KF_PRECISION_FLOAT) {
-        float *wf = (float *)scratch;
-        if (try_float(n, f, ldf, damping, wf)) {
-            for (size_t i = 0; i < n; i++) {
-                memcpy(inv + i * ldinv, wf + i * n, n * sizeof *inv);
-            }
-            if (jitter_used) {
-                *jitter_used = 0.0f;
-            }
-            return KF_OK;
-        }
-        /* curvlinops #101: float Cholesky of damped factors can fail; double usually succeeds. */
-    }
-    unit = diag_unit(n, f, ldf);
-    for (double rel = 0.0; rel <= KF_JITTER_LAST * 1.0001; rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
-        jitter = rel * unit;
-        if (try_double(n, f, ldf, (double)damping + jitter, wd)) {
-            for (size_t i = 0; i < n; i++) {
-                for (size_t j = 0; j < n; j++) {
-                    inv[i * ldinv + j] = (float)wd[i * n + j];
-                }
-            }
-            if (jitter_used) {
-                *jitter_used = (float)jitter;
-            }
-            return KF_OK;
-        }
-    }
-    return kf__fail(e, KF_ERR_NOT_POSITIVE_DEFINITE,
-                    "factor (%zu x %zu) + damping %g is not positive definite, even with jitter "
-                    "up to %g",
-                    n, n, (double)damping, jitter);
-}
-
 /* ---- the blocked Cholesky factor (factor + solve instead of an explicit inverse) --------------- */
+
+/* Where block `blk` (KF_CHOL_NB wide) starts in a dimension of d; d for the blocks past the end. */
+static size_t blk_end(size_t blk, size_t d)
+{
+    size_t e = blk * KF_CHOL_NB;
+    return e < d ? e : d;
+}
+
+/* X (m x d), columns of blocks [b0, b1): X <- X U^{-T}, U the unit block-lower factor stored below
+ * the diagonal blocks of lb. Recursive halving on block boundaries: one GEMM per level and nothing
+ * at the bottom (U's diagonal blocks are identities). x may lie in the same matrix as lb, in rows
+ * the solve does not read. */
+#define KF_DEFINE_UNIT_SOLVE_RT(NAME, T, GEMM)                                                    \
+    void NAME(size_t m, size_t d, const T *lb, size_t ldl, T *x, size_t ldx, size_t b0, size_t b1) \
+    {                                                                                             \
+        size_t j0 = blk_end(b0, d), j1 = blk_end(b1, d), bm, mid;                                 \
+        if (b1 - b0 < 2) {                                                                        \
+            return;                                                                               \
+        }                                                                                         \
+        bm = b0 + (b1 - b0 + 1) / 2;                                                              \
+        mid = blk_end(bm, d);                                                                     \
+        NAME(m, d, lb, ldl, x, ldx, b0, bm);                                                      \
+        GEMM(0, 1, m, j1 - mid, mid - j0, -1, x + j0, ldx, lb + mid * ldl + j0, ldl, 1, x + mid,  \
+             ldx);                                                                                \
+        NAME(m, d, lb, ldl, x, ldx, bm, b1);                                                      \
+    }
+
+static void unit_solve_rt_d(size_t m, size_t d, const double *lb, size_t ldl, double *x, size_t ldx,
+                            size_t b0, size_t b1);
+KF_DEFINE_UNIT_SOLVE_RT(kf__unit_solve_rt, float, kf__gemm)
+KF_DEFINE_UNIT_SOLVE_RT(unit_solve_rt_d, double, kf__dgemm)
+
+/* The Schur complement's update W22 -= U21 Y^T on the lower block triangle of blocks [c0, c1) of w
+ * (both triangles of the diagonal blocks): U21 is w's columns [j0, j0 + k), Y (row stride ldy) has
+ * the row of w's row i at i - base. Recursive halving again, so the GEMMs are few and large. */
+#define KF_DEFINE_SCHUR_LOWER(NAME, T, GEMM)                                                      \
+    static void NAME(size_t d, T *w, size_t ldw, size_t j0, size_t k, const T *y, size_t ldy,     \
+                     size_t base, size_t c0, size_t c1)                                           \
+    {                                                                                             \
+        size_t r0 = blk_end(c0, d), r1 = blk_end(c1, d), cm, rm;                                  \
+        if (c1 - c0 == 1) {                                                                       \
+            GEMM(0, 1, r1 - r0, r1 - r0, k, -1, w + r0 * ldw + j0, ldw, y + (r0 - base) * ldy,    \
+                 ldy, 1, w + r0 * ldw + r0, ldw);                                                 \
+            return;                                                                               \
+        }                                                                                         \
+        cm = c0 + (c1 - c0 + 1) / 2;                                                              \
+        rm = blk_end(cm, d);                                                                      \
+        NAME(d, w, ldw, j0, k, y, ldy, base, c0, cm);                                             \
+        GEMM(0, 1, r1 - rm, rm - r0, k, -1, w + rm * ldw + j0, ldw, y + (r0 - base) * ldy, ldy,   \
+             1, w + rm * ldw + r0, ldw);                                                          \
+        NAME(d, w, ldw, j0, k, y, ldy, base, cm, c1);                                             \
+    }
+
+KF_DEFINE_SCHUR_LOWER(schur_lower_f, float, kf__gemm)
+KF_DEFINE_SCHUR_LOWER(schur_lower_d, double, kf__dgemm)
 
 /* In place: the lower triangular b x b block at a (row stride lda) becomes its inverse. Row i of
  * W = B^{-1} needs only the rows above it: W[i][j] = -(sum_{j<=k<i} B[i][k] W[k][j]) / B[i][i],
@@ -193,69 +225,114 @@ kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t l
         }                                                                                         \
     }
 
-KF_DEFINE_TRINV_LOWER_BLOCK(trinv_lower_block_d, double)
-KF_DEFINE_TRINV_LOWER_BLOCK(trinv_lower_block_f, float)
+KF_DEFINE_TRINV_LOWER_BLOCK(trinv_lower_small_d, double)
+KF_DEFINE_TRINV_LOWER_BLOCK(trinv_lower_small_f, float)
 
-/* In place in w (n x n, row stride ldw, the damped factor's lower triangle already copied in),
- * straight into the stored form of kf__damped_cholesky_ws (kf_internal.h): a right-looking
- * blocked Cholesky whose panel step multiplies by the diagonal block's inverse P_J = A_JJ^{-1}
- * instead of a triangular solve, so that everything but the 128-wide diagonal blocks runs in
- * GEMMs. With A_JJ = B B^T (a small potrf): C = A_{>J,J} P_J are U's blocks, and the Schur
- * complement A_{>J,>J} - A_{>J,J} P_J A_{J,>J} is A_{>J,>J} - C A_{>J,J}^T, of which only the
- * lower block triangle is formed. tmp: n * KF_CHOL_NB + KF_CHOL_NB^2 elements. 0 when a
- * diagonal block is not positive definite. */
-#define KF_DEFINE_BLOCKED_CHOLESKY(NAME, T, POTRF, TRINV, GEMM)                                   \
-    static int NAME(size_t n, T *w, size_t ldw, T *tmp)                                           \
+/* The same for any b <= KF_CHOL_NB, halving down to 32: with B = [B11 0; B21 B22], the inverse's
+ * lower-left block is -B22^{-1} B21 B11^{-1}, two GEMMs; the loops above alone ran at a few
+ * GFLOP/s and took a fifth of a 500-wide factorisation. tmp holds (b / 2)^2 elements. */
+#define KF_DEFINE_TRINV_LOWER(NAME, T, SMALL, GEMM)                                               \
+    static void NAME(size_t b, T *a, size_t lda, T *tmp)                                          \
     {                                                                                             \
-        T *pj = tmp, *panel = tmp + KF_CHOL_NB * KF_CHOL_NB;                                      \
-        for (size_t j0 = 0; j0 < n; j0 += KF_CHOL_NB) {                                           \
-            size_t b = n - j0 < KF_CHOL_NB ? n - j0 : KF_CHOL_NB, j1 = j0 + b;                    \
-            T *ajj = w + j0 * ldw + j0;                                                           \
-            if (POTRF(b, ajj, ldw) != 0) {                                                        \
-                return 0;                                                                         \
-            }                                                                                     \
-            for (size_t i = 0; i < b; i++) {                                                      \
-                memset(ajj + i * ldw + i + 1, 0, (b - i - 1) * sizeof *w);                        \
-            }                                                                                     \
-            TRINV(b, ajj, ldw);                                                                   \
-            GEMM(1, 0, b, b, b, 1, ajj, ldw, ajj, ldw, 0, pj, b);                                 \
-            for (size_t i = 0; i < b; i++) {                                                      \
-                memcpy(ajj + i * ldw, pj + i * b, b * sizeof *w);                                 \
-            }                                                                                     \
-            if (j1 < n) {                                                                         \
-                size_t r = n - j1;                                                                \
-                T *c = w + j1 * ldw + j0;                                                         \
-                for (size_t i = 0; i < r; i++) {                                                  \
-                    memcpy(panel + i * b, c + i * ldw, b * sizeof *w);                            \
-                }                                                                                 \
-                GEMM(0, 0, r, b, b, 1, panel, b, pj, b, 0, c, ldw);                               \
-                for (size_t i0 = j1; i0 < n; i0 += KF_CHOL_NB) {                                  \
-                    size_t i1 = n - i0 < KF_CHOL_NB ? n : i0 + KF_CHOL_NB;                        \
-                    GEMM(0, 1, i1 - i0, i1 - j1, b, -1, w + i0 * ldw + j0, ldw, panel, b, 1,      \
-                         w + i0 * ldw + j1, ldw);                                                 \
-                }                                                                                 \
-            }                                                                                     \
+        size_t h = b / 2;                                                                         \
+        if (b <= 32) {                                                                            \
+            SMALL(b, a, lda);                                                                     \
+            return;                                                                               \
+        }                                                                                         \
+        NAME(h, a, lda, tmp);                                                                     \
+        NAME(b - h, a + h * lda + h, lda, tmp);                                                   \
+        GEMM(0, 0, b - h, h, b - h, 1, a + h * lda + h, lda, a + h * lda, lda, 0, tmp, h);        \
+        GEMM(0, 0, b - h, h, h, -1, tmp, h, a, lda, 0, a + h * lda, lda);                         \
+    }
+
+KF_DEFINE_TRINV_LOWER(trinv_lower_block_d, double, trinv_lower_small_d, kf__dgemm)
+KF_DEFINE_TRINV_LOWER(trinv_lower_block_f, float, trinv_lower_small_f, kf__gemm)
+
+/* A leaf of the blocked Cholesky: the b x b block at a (its lower triangle) becomes its inverse,
+ * both triangles, by potrf, the triangular inverse above and one GEMM (P = B^{-T} B^{-1}); tmp
+ * holds b * b elements. LAPACK's potri gets there through level-2 kernels at these sizes. 0 when
+ * the block is not positive definite. */
+#define KF_DEFINE_LEAF_INVERSE(NAME, T, POTRF, TRINV, GEMM)                                       \
+    static int NAME(size_t b, T *a, size_t lda, T *tmp)                                           \
+    {                                                                                             \
+        if (POTRF(b, a, lda) != 0) {                                                              \
+            return 0;                                                                             \
+        }                                                                                         \
+        for (size_t i = 0; i < b; i++) {                                                          \
+            memset(a + i * lda + i + 1, 0, (b - i - 1) * sizeof *a);                              \
+        }                                                                                         \
+        TRINV(b, a, lda, tmp);                                                                    \
+        GEMM(1, 0, b, b, b, 1, a, lda, a, lda, 0, tmp, b);                                        \
+        for (size_t i = 0; i < b; i++) {                                                          \
+            memcpy(a + i * lda, tmp + i * b, b * sizeof *a);                                      \
         }                                                                                         \
         return 1;                                                                                 \
     }
 
-KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_f, float, kf__spd_cholesky_f, trinv_lower_block_f,
-                           kf__gemm)
-KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_d, double, kf__spd_cholesky_d, trinv_lower_block_d,
-                           kf__dgemm)
+KF_DEFINE_LEAF_INVERSE(leaf_inverse_f, float, kf__spd_cholesky_f, trinv_lower_block_f, kf__gemm)
+KF_DEFINE_LEAF_INVERSE(leaf_inverse_d, double, kf__spd_cholesky_d, trinv_lower_block_d, kf__dgemm)
 
-/* The factor of f + shift I in float, in place in the output w (optimizer scratch; unspecified
- * after a failure); 0 when it fails or is not finite. */
-static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *w, size_t ldw,
-                      float *tmp)
+/* In place in w (n x n, row stride ldw, the damped factor's lower triangle already copied in),
+ * blocks [b0, b1), straight into the stored form of kf__damped_cholesky_ws (kf_internal.h): the
+ * block LDL^T factorisation A = U D U^T, D = blockdiag(S_J), of which the diagonal blocks keep
+ * P_J = S_J^{-1}. Recursive: factor the leading half A11 = U1 D1 U1^T; then Y = A21 U1^{-T} (a unit
+ * solve, GEMMs), U21 = Y D1^{-1} (block by block with the P_J), and the Schur complement
+ * A22 - U21 D1 U21^T = A22 - U21 Y^T; then factor that. The bulk runs in a few large GEMMs, where
+ * a right-looking loop over 128-wide panels ran at about half of sgemm's rate. tmp holds the copy
+ * of Y (at most n^2 / 4 elements: m k with m + k = n) or a leaf's block, never both at once. 0 when
+ * a diagonal block is not positive definite. */
+#define KF_DEFINE_BLOCKED_CHOLESKY(NAME, T, LEAF, SOLVE_RT, SCHUR, GEMM)                          \
+    static int NAME(size_t n, T *w, size_t ldw, T *tmp, size_t b0, size_t b1)                     \
+    {                                                                                             \
+        size_t j0 = blk_end(b0, n), j1 = blk_end(b1, n), bm, mid, m, k;                           \
+        if (b1 - b0 == 1) {                                                                       \
+            return LEAF(j1 - j0, w + j0 * ldw + j0, ldw, tmp);                                    \
+        }                                                                                         \
+        bm = b0 + (b1 - b0 + 1) / 2;                                                              \
+        mid = blk_end(bm, n);                                                                     \
+        m = j1 - mid;                                                                             \
+        k = mid - j0;                                                                             \
+        if (!NAME(n, w, ldw, tmp, b0, bm)) {                                                      \
+            return 0;                                                                             \
+        }                                                                                         \
+        SOLVE_RT(m, n, w, ldw, w + mid * ldw, ldw, b0, bm);                                       \
+        for (size_t i = 0; i < m; i++) {                                                          \
+            memcpy(tmp + i * k, w + (mid + i) * ldw + j0, k * sizeof *w);                         \
+        }                                                                                         \
+        for (size_t c0 = j0; c0 < mid; c0 += KF_CHOL_NB) {                                        \
+            size_t b = mid - c0 < KF_CHOL_NB ? mid - c0 : KF_CHOL_NB;                             \
+            GEMM(0, 0, m, b, b, 1, tmp + (c0 - j0), k, w + c0 * ldw + c0, ldw, 0,                 \
+                 w + mid * ldw + c0, ldw);                                                        \
+        }                                                                                         \
+        SCHUR(n, w, ldw, j0, k, tmp, k, mid, bm, b1);                                             \
+        return NAME(n, w, ldw, tmp, bm, b1);                                                      \
+    }
+
+KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_f, float, leaf_inverse_f, kf__unit_solve_rt,
+                           schur_lower_f, kf__gemm)
+KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_d, double, leaf_inverse_d, unit_solve_rt_d,
+                           schur_lower_d, kf__dgemm)
+
+/* What a damped factorisation produces: the explicit inverse (both triangles), or the blocked
+ * Cholesky factor of kf__damped_cholesky_ws. */
+typedef enum { KF_FACT_INVERSE, KF_FACT_CHOLESKY } kf_fact_kind;
+
+/* The float attempt at f + shift I, in w (row stride ldw; unspecified after a failure), tmp as
+ * blocked_cholesky_f's: 1 done, 0 not positive definite or not finite, -1 f holds NaN or Inf. */
+static int attempt_float(kf_fact_kind kind, size_t n, const float *f, size_t ldf, float shift,
+                         float *w, size_t ldw, float *tmp)
 {
-    sym_copy_f(n, f, ldf, shift, w, ldw);
-    if (!blocked_cholesky_f(n, w, ldw, tmp)) {
+    if (!(kind == KF_FACT_INVERSE ? sym_copy_f : lower_copy_f)(n, f, ldf, shift, w, ldw)) {
+        return -1;
+    }
+    if (kind == KF_FACT_INVERSE) {
+        return kf__spd_inverse_f(n, w, ldw) == 0 && kf__all_finite(n, n, w, ldw);
+    }
+    if (!blocked_cholesky_f(n, w, ldw, tmp, 0, (n + KF_CHOL_NB - 1) / KF_CHOL_NB)) {
         return 0;
     }
     for (size_t i = 0; i < n; i++) {
-        size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
-        end = end < n ? end : n;
+        size_t end = blk_end(i / KF_CHOL_NB + 1, n);
         if (!kf__all_finite(1, end, w + i * ldw, ldw)) {
             return 0;
         }
@@ -264,52 +341,64 @@ static int chol_float(size_t n, const float *f, size_t ldf, float shift, float *
     return 1;
 }
 
-/* chol_float in double, in w (n x n) with tmp as in chol_float (doubles). */
-static int chol_double(size_t n, const float *f, size_t ldf, double shift, double *w, double *tmp)
+/* attempt_float in double, in w (n x n): the result must also fit in float. */
+static int attempt_double(kf_fact_kind kind, size_t n, const float *f, size_t ldf, double shift,
+                          double *w, double *tmp)
 {
-    sym_copy_d(n, f, ldf, shift, w, n);
-    if (!blocked_cholesky_d(n, w, n, tmp)) {
+    if (!(kind == KF_FACT_INVERSE ? sym_copy_d : lower_copy_d)(n, f, ldf, shift, w, n)) {
+        return -1;
+    }
+    if (kind == KF_FACT_INVERSE) {
+        return kf__spd_inverse_d(n, w, n) == 0 && fits_float_d(n, n, w);
+    }
+    if (!blocked_cholesky_d(n, w, n, tmp, 0, (n + KF_CHOL_NB - 1) / KF_CHOL_NB)) {
         return 0;
     }
     for (size_t i = 0; i < n; i++) {
-        size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
-        if (!fits_float_d(1, end < n ? end : n, w + i * n)) {
+        if (!fits_float_d(1, blk_end(i / KF_CHOL_NB + 1, n), w + i * n)) {
             return 0;
         }
     }
     return 1;
 }
 
-kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
-                                 kf_precision precision, float *lb, size_t ldl, float *jitter_used,
-                                 void *scratch)
+/* The jitter chain both factorisations share: float first when asked (curvlinops #101: a float
+ * Cholesky of a damped factor can fail where double succeeds), then double with jitter growing
+ * from 0 to KF_JITTER_LAST of the mean diagonal. The inverse works in scratch and leaves `out`
+ * untouched on failure; the Cholesky factor works in place in `out`. */
+static kf_status damped_factorise(kf_errbuf *e, kf_fact_kind kind, size_t n, const float *f,
+                                  size_t ldf, float damping, kf_precision precision, float *out,
+                                  size_t ldo, float *jitter_used, void *scratch)
 {
     double unit, jitter = 0.0;
-    double *wd = (double *)scratch;
-    if (!kf__all_finite(n, n, f, ldf)) {
-        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
-    }
+    double *wd = (double *)scratch, *tmp_d = wd + KF_ALIGN_UP(n * n * sizeof(double)) / sizeof(double);
+    int r = 0;
     if (precision == KF_PRECISION_FLOAT) {
-        if (chol_float(n, f, ldf, damping, lb, ldl, (float *)scratch)) {
+        float *wf = kind == KF_FACT_INVERSE ? (float *)scratch : out;
+        size_t ldw = kind == KF_FACT_INVERSE ? n : ldo;
+        r = attempt_float(kind, n, f, ldf, damping, wf, ldw, (float *)scratch);
+        if (r > 0) {
+            for (size_t i = 0; wf != out && i < n; i++) {
+                memcpy(out + i * ldo, wf + i * n, n * sizeof *out);
+            }
             if (jitter_used) {
                 *jitter_used = 0.0f;
             }
             return KF_OK;
         }
     }
-    /* The same chain as kf__damped_inverse_ws, so both paths accept the same factors. */
     unit = diag_unit(n, f, ldf);
-    for (double rel = 0.0; rel <= KF_JITTER_LAST * 1.0001; rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
+    for (double rel = 0.0; r >= 0 && rel <= KF_JITTER_LAST * 1.0001;
+         rel = rel == 0.0 ? KF_JITTER_FIRST : rel * 10.0) {
         jitter = rel * unit;
-        if (chol_double(n, f, ldf, (double)damping + jitter, wd,
-                        wd + KF_ALIGN_UP(n * n * sizeof(double)) / sizeof(double))) {
+        r = attempt_double(kind, n, f, ldf, (double)damping + jitter, wd, tmp_d);
+        if (r > 0) {
             for (size_t i = 0; i < n; i++) {
-                size_t end = (i / KF_CHOL_NB + 1) * KF_CHOL_NB;
-                end = end < n ? end : n;
+                size_t end = kind == KF_FACT_INVERSE ? n : blk_end(i / KF_CHOL_NB + 1, n);
                 for (size_t j = 0; j < end; j++) {
-                    lb[i * ldl + j] = (float)wd[i * n + j];
+                    out[i * ldo + j] = (float)wd[i * n + j];
                 }
-                memset(lb + i * ldl + end, 0, (n - end) * sizeof *lb);
+                memset(out + i * ldo + end, 0, (n - end) * sizeof *out);
             }
             if (jitter_used) {
                 *jitter_used = (float)jitter;
@@ -317,10 +406,29 @@ kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t 
             return KF_OK;
         }
     }
+    if (r < 0) {
+        return kf__fail(e, KF_ERR_NON_FINITE, "factor (%zu x %zu) contains NaN or Inf", n, n);
+    }
     return kf__fail(e, KF_ERR_NOT_POSITIVE_DEFINITE,
                     "factor (%zu x %zu) + damping %g is not positive definite, even with jitter "
                     "up to %g",
                     n, n, (double)damping, jitter);
+}
+
+kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
+                                kf_precision precision, float *inv, size_t ldinv,
+                                float *jitter_used, void *scratch)
+{
+    return damped_factorise(e, KF_FACT_INVERSE, n, f, ldf, damping, precision, inv, ldinv,
+                            jitter_used, scratch);
+}
+
+kf_status kf__damped_cholesky_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
+                                 kf_precision precision, float *lb, size_t ldl, float *jitter_used,
+                                 void *scratch)
+{
+    return damped_factorise(e, KF_FACT_CHOLESKY, n, f, ldf, damping, precision, lb, ldl,
+                            jitter_used, scratch);
 }
 
 kf_status kf_damped_inverse(kf_context *ctx, size_t n, const float *f, size_t ldf,

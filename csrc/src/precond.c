@@ -29,22 +29,6 @@ static size_t blk_end(size_t blk, size_t d)
     return e < d ? e : d;
 }
 
-/* X (m x d), columns of blocks [b0, b1): Y U^T = X, left to right. */
-static void solve_rt(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
-                     size_t b0, size_t b1)
-{
-    size_t j0 = blk_end(b0, d), j1 = blk_end(b1, d), bm, mid;
-    if (b1 - b0 == 1) {
-        return;
-    }
-    bm = b0 + (b1 - b0 + 1) / 2;
-    mid = blk_end(bm, d);
-    solve_rt(m, d, lb, ldl, x, ldx, b0, bm);
-    kf__gemm(0, 1, m, j1 - mid, mid - j0, -1.0f, x + j0, ldx, lb + mid * ldl + j0, ldl, 1.0f,
-             x + mid, ldx);
-    solve_rt(m, d, lb, ldl, x, ldx, bm, b1);
-}
-
 /* D U = Y, right to left. */
 static void solve_rn(size_t m, size_t d, const float *lb, size_t ldl, float *x, size_t ldx,
                      size_t b0, size_t b1)
@@ -98,7 +82,7 @@ void kf__chol_solve_right(size_t m, size_t d, const float *lb, size_t ldl, float
                           float *tmp)
 {
     size_t nb = (d + KF_CHOL_NB - 1) / KF_CHOL_NB;
-    solve_rt(m, d, lb, ldl, x, ldx, 0, nb);
+    kf__unit_solve_rt(m, d, lb, ldl, x, ldx, 0, nb);
     for (size_t j0 = 0; j0 < d; j0 += KF_CHOL_NB) {
         size_t b = d - j0 < KF_CHOL_NB ? d - j0 : KF_CHOL_NB;
         for (size_t i = 0; i < m; i++) {

@@ -37,7 +37,7 @@ static double rel_diff(size_t count, const float *a, const float *b)
 /* Both solves against D = V P and D = P V with P the explicit damped inverse. */
 static void test_solves_match_inverse(void)
 {
-    static const size_t dims[] = {1, 2, 3, 8, 127, 128, 129, 300, 513};
+    static const size_t dims[] = {1, 2, 3, 8, 127, 128, 129, 300, 513, 897};
     static const size_t ms[] = {1, 5, 130};
     kf_rng rng = {42};
     for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
@@ -151,10 +151,24 @@ static void test_jitter_and_failure(void)
                      KF_ERR_NOT_POSITIVE_DEFINITE);
         CHECK(strstr(e.msg, "positive definite") != NULL);
     }
-    f[0] = NAN;
-    CHECK_STATUS(kf__damped_cholesky_ws(NULL, n, f, n, 0.1f, KF_PRECISION_DOUBLE, lb, n, NULL,
-                                        scratch),
-                 KF_ERR_NON_FINITE);
+    /* A NaN or Inf is reported as such in both precisions: anywhere by the inverse, which
+     * symmetrises, and in the lower triangle by the Cholesky factor, which reads only that one
+     * (the optimizer's factors are exactly symmetric). The copies are the checks. */
+    for (int where = 0; where < 3; where++) {
+        size_t at = where == 0 ? 1 : where == 1 ? n * n - 2 : n + 1; /* upper, lower, diagonal */
+        float saved = f[at];
+        f[at] = where == 1 ? INFINITY : NAN;
+        for (int prec = 0; prec < 2; prec++) {
+            kf_precision p = prec ? KF_PRECISION_FLOAT : KF_PRECISION_DOUBLE;
+            CHECK_STATUS(kf__damped_inverse_ws(NULL, n, f, n, 0.1f, p, inv, n, NULL, scratch),
+                         KF_ERR_NON_FINITE);
+            if (where > 0) {
+                CHECK_STATUS(kf__damped_cholesky_ws(NULL, n, f, n, 0.1f, p, lb, n, NULL, scratch),
+                             KF_ERR_NON_FINITE);
+            }
+        }
+        f[at] = saved;
+    }
     free(scratch);
     free(f);
     free(inv);
