@@ -89,11 +89,16 @@ kf_status kf__eigenbasis_apply_ws(kf_errbuf *e, size_t out, size_t dim_a, const 
 /* Workspace bytes for every primitive on factors up to d and batches up to `rows` rows. */
 size_t kf__context_reserve_bytes(size_t d, size_t rows);
 /* The factor computations without validation. work: n * in (activations) or n * out (gradients)
- * floats, used only in reduce mode with r > 1. alpha = scale^2 / (n R'). */
+ * floats, used only in reduce mode with r > 1. alpha = scale^2 / (n R'). With prev (the moving
+ * average, dim x dim contiguous) the factor comes out folded, keep * prev + c * (this batch's
+ * factor), in the same pass; prev == NULL: the batch's factor alone (keep is ignored, c should be
+ * 1). The gradient factor takes c inside alpha. */
 void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, size_t ldx, int bias,
-                              kf_shared_mode mode, float *a, size_t lda, float *work);
+                              kf_shared_mode mode, const float *prev, float keep, float c, float *a,
+                              size_t lda, float *work);
 void kf__gradient_factor_ws(size_t n, size_t r, size_t out, const float *g, size_t ldg,
-                            kf_shared_mode mode, float alpha, float *gf, size_t ldgf, float *work);
+                            kf_shared_mode mode, float alpha, const float *prev, float keep,
+                            float *gf, size_t ldgf, float *work);
 /* out[i][j] = scale * sum_k x[i*r + k][j]: the shared axis collapsed (rows `width` apart). */
 void kf__collapse_shared(size_t n, size_t r, size_t width, const float *x, size_t ldx, float scale,
                          float *out);

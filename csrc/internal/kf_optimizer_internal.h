@@ -18,6 +18,8 @@ typedef struct kf_side {
     double weight;     /* moving-average weight state, 0 before the first statistics */
     size_t has_pending; /* observations made for the next step (up to the layer's uses) */
     size_t pending_n;   /* their batch size (all uses of a step must agree) */
+    double pending_weight; /* non-zero: pending already holds the fold into f (the observation of
+                            * a plain layer folds in its product), and this is the weight after it */
 } kf_side;
 
 typedef struct kf_layer {

@@ -84,13 +84,28 @@ kf_status kf_activation_factor(kf_context *ctx, size_t n, size_t r, size_t in,
             return KF_ERR_OUT_OF_MEMORY;
         }
     }
-    kf__activation_factor_ws(n, r, in, x, ldx, bias, mode, a, lda, work);
+    kf__activation_factor_ws(n, r, in, x, ldx, bias, mode, NULL, 0.0f, 1.0f, a, lda, work);
     kf__clear(&ctx->err);
     return KF_OK;
 }
 
+/* The upper triangle of a (row stride lda) <- keep * prev (dim x dim, contiguous): the part of a
+ * moving average that a symmetric rank-k update with beta = 1 then adds the batch to, so that the
+ * fold costs no pass of its own. */
+static void scale_upper(size_t dim, float keep, const float *prev, float *a, size_t lda)
+{
+    for (size_t i = 0; i < dim; i++) {
+        const float *pr = prev + i * dim;
+        float *ar = a + i * lda;
+        for (size_t j = i; j < dim; j++) {
+            ar[j] = keep * pr[j];
+        }
+    }
+}
+
 void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, size_t ldx, int bias,
-                              kf_shared_mode mode, float *a, size_t lda, float *work)
+                              kf_shared_mode mode, const float *prev, float keep, float c, float *a,
+                              size_t lda, float *work)
 {
     const float *xs = x;
     size_t ldxs = ldx, m = n * r;
@@ -101,12 +116,16 @@ void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, siz
         ldxs = in;
         m = n;
     }
-    kf__syrk(m, in, (float)(1.0 / (double)m), xs, ldxs, 0.0f, a, lda);
+    if (prev) {
+        scale_upper(in + (size_t)bias, keep, prev, a, lda);
+    }
+    kf__syrk(m, in, (float)((double)c / (double)m), xs, ldxs, prev ? 1.0f : 0.0f, a, lda);
     if (bias) {
-        /* The homogeneous coordinate: A[in][j] = A[j][in] = mean of x_j, A[in][in] = 1. The sums
-         * run along rows (unit stride, vectorized), accumulated in A's last row. */
+        /* The homogeneous coordinate: A[in][j] = A[j][in] = mean of x_j, A[in][in] = 1 (each
+         * folded like the rest). The sums run along rows (unit stride, vectorized), accumulated
+         * in A's last row. */
         float *last = a + in * lda;
-        const float inv_m = (float)(1.0 / (double)m);
+        const float scale = (float)((double)c / (double)m);
         memcpy(last, xs, in * sizeof(float));
         for (size_t i = 1; i < m; i++) {
             const float *row = xs + i * ldxs;
@@ -115,10 +134,10 @@ void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, siz
             }
         }
         for (size_t j = 0; j < in; j++) {
-            last[j] *= inv_m;
+            last[j] = scale * last[j] + (prev ? a[j * lda + in] : 0.0f);
             a[j * lda + in] = last[j];
         }
-        last[in] = 1.0f;
+        last[in] = prev ? a[in * lda + in] + c : 1.0f;
     }
 }
 
@@ -173,13 +192,14 @@ kf_status kf_gradient_factor(kf_context *ctx, size_t n, size_t r, size_t out,
             return KF_ERR_OUT_OF_MEMORY;
         }
     }
-    kf__gradient_factor_ws(n, r, out, g, ldg, mode, (float)alpha, gf, ldgf, work);
+    kf__gradient_factor_ws(n, r, out, g, ldg, mode, (float)alpha, NULL, 0.0f, gf, ldgf, work);
     kf__clear(&ctx->err);
     return KF_OK;
 }
 
 void kf__gradient_factor_ws(size_t n, size_t r, size_t out, const float *g, size_t ldg,
-                            kf_shared_mode mode, float alpha, float *gf, size_t ldgf, float *work)
+                            kf_shared_mode mode, float alpha, const float *prev, float keep,
+                            float *gf, size_t ldgf, float *work)
 {
     const float *gs = g;
     size_t ldgs = ldg, m = n * r;
@@ -191,7 +211,10 @@ void kf__gradient_factor_ws(size_t n, size_t r, size_t out, const float *g, size
         ldgs = out;
         m = n;
     }
-    kf__syrk(m, out, alpha, gs, ldgs, 0.0f, gf, ldgf);
+    if (prev) {
+        scale_upper(out, keep, prev, gf, ldgf);
+    }
+    kf__syrk(m, out, alpha, gs, ldgs, prev ? 1.0f : 0.0f, gf, ldgf);
 }
 
 kf_status kf_factor_ema_update(kf_context *ctx, size_t dim, float decay,

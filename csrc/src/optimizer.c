@@ -2,6 +2,7 @@
 #include "kf_optimizer_internal.h"
 #include "kf_mat.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -542,11 +543,32 @@ typedef struct obs_input {
     const char *name;
 } obs_input;
 
+/* 1 if a factor the observation computed is finite, judged by its diagonal: by Cauchy-Schwarz no
+ * entry exceeds the largest diagonal one in magnitude (folds into a moving average included), and a
+ * NaN or Inf of the input reaches the diagonal (sums of squares). The bound holds for the raw sums
+ * inside the kernel too while they stay below FLT_MAX / 4, i.e. while every diagonal entry is at
+ * most `scale` * FLT_MAX / 4, `scale` being what the raw sums were multiplied by; past that the
+ * whole matrix is scanned. One pass over dim entries instead of dim^2. */
+static int factor_finite(size_t dim, const float *f, double scale)
+{
+    const double limit = scale * (FLT_MAX / 4.0);
+    for (size_t i = 0; i < dim; i++) {
+        float d = f[i * dim + i];
+        if (!(d >= 0.0f && (double)d <= limit)) {
+            return kf__all_finite(dim, dim, f, dim);
+        }
+    }
+    return 1;
+}
+
+/* folded: the weight after the fold when the factor was computed folded (see kf_side), else 0;
+ * scale as in factor_finite. */
 static kf_status finish_observation(kf_optimizer *opt, const char *fn, const kf_layer *l,
-                                    kf_side *sd, size_t n, int average, const obs_input *in)
+                                    kf_side *sd, size_t n, int average, const obs_input *in,
+                                    double folded, double scale)
 {
     size_t nel = sd->dim * sd->dim, k = sd->has_pending;
-    if (!kf__all_finite(sd->dim, sd->dim, sd->inv_next, sd->dim)) {
+    if (!factor_finite(sd->dim, sd->inv_next, scale)) {
         if (in && !kf__all_finite(in->rows, in->width, in->data, in->ld)) {
             return kf__fail(&opt->err, KF_ERR_NON_FINITE, "%s: %s of layer %zu contains NaN or "
                             "Inf", fn, in->name, in->layer);
@@ -573,6 +595,7 @@ static kf_status finish_observation(kf_optimizer *opt, const char *fn, const kf_
     }
     sd->has_pending = k + 1 > l->p.uses ? 1 : k + 1;
     sd->pending_n = n;
+    sd->pending_weight = folded;
     return KF_OK;
 }
 
@@ -611,10 +634,12 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
                                            const float *x, size_t ldx)
 {
     static const char fn[] = "kf_optimizer_observe_activations";
-    float *target = NULL;
+    float *target = NULL, c;
+    const float *prev;
     kf_layer *l;
     size_t rows, in, r, needed = 0, coll_rows;
     int deferred;
+    double fold_w;
     obs_input xin;
     kf_status s;
     if (!opt) {
@@ -655,7 +680,13 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     if ((s = begin_observation(opt, fn, layer, &l->a, n, &target)) != KF_OK) {
         return s;
     }
-    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, target, l->dim_a,
+    /* A plain layer's product comes out folded into the moving average (the step then has no
+     * fold pass to make); the others fold in the step, after merging their uses. */
+    fold_w = deferred ? (double)opt->p.factor_decay * l->a.weight + 1.0 : 0.0;
+    prev = deferred && l->a.weight != 0.0 ? l->a.f : NULL;
+    c = prev ? (float)(1.0 / fold_w) : 1.0f;
+    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, prev,
+                             prev ? (float)(1.0 - 1.0 / fold_w) : 0.0f, c, target, l->dim_a,
                              (float *)opt->obs_work);
     xin.data = x;
     xin.rows = rows;
@@ -663,7 +694,8 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     xin.ld = ldx;
     xin.layer = layer;
     xin.name = "x";
-    if ((s = finish_observation(opt, fn, l, &l->a, n, 1, deferred ? &xin : NULL)) != KF_OK) {
+    if ((s = finish_observation(opt, fn, l, &l->a, n, 1, deferred ? &xin : NULL, fold_w,
+                                (double)c / (double)(coll_rows ? n : rows))) != KF_OK) {
         return s;
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
@@ -693,11 +725,12 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
 {
     static const char fn[] = "kf_optimizer_observe_gradients";
     float *target = NULL;
+    const float *prev;
     kf_layer *l;
     size_t rows, out, r, needed = 0, coll_rows;
     int deferred;
     obs_input gin;
-    double alpha;
+    double alpha, fold_w;
     kf_status s;
     if (!opt) {
         return KF_ERR_NULL_POINTER;
@@ -741,7 +774,13 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     if ((s = begin_observation(opt, fn, layer, &l->g, n, &target)) != KF_OK) {
         return s;
     }
-    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, target, out,
+    fold_w = deferred ? (double)opt->p.factor_decay * l->g.weight + 1.0 : 0.0;
+    prev = deferred && l->g.weight != 0.0 ? l->g.f : NULL;
+    if (prev) {
+        alpha /= fold_w;
+    }
+    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, prev,
+                           prev ? (float)(1.0 - 1.0 / fold_w) : 0.0f, target, out,
                            (float *)opt->obs_work);
     gin.data = g;
     gin.rows = rows;
@@ -749,7 +788,8 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     gin.ld = ldg;
     gin.layer = layer;
     gin.name = "g";
-    if ((s = finish_observation(opt, fn, l, &l->g, n, 0, deferred ? &gin : NULL)) != KF_OK) {
+    if ((s = finish_observation(opt, fn, l, &l->g, n, 0, deferred ? &gin : NULL, fold_w,
+                                alpha)) != KF_OK) {
         return s;
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
@@ -1047,10 +1087,10 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
                         kf_algorithm_name(l->p.algorithm));
     }
     if (pl->fold_a) {
-        pl->wa = fold_pending(&l->a, decay);
+        pl->wa = l->a.pending_weight != 0.0 ? l->a.pending_weight : fold_pending(&l->a, decay);
     }
     if (pl->fold_g) {
-        pl->wg = fold_pending(&l->g, decay);
+        pl->wg = l->g.pending_weight != 0.0 ? l->g.pending_weight : fold_pending(&l->g, decay);
     }
     fa = pl->fold_a ? l->a.pending : l->a.f;
     if (l->uses_g) {

@@ -1068,17 +1068,18 @@ static void suite_errors(void)
             uint64_t inv_before = 0, inv_after = 0;
             const float *ins[N_LAYERS] = {x, g.a1, g.a2};
             kf_dist_assignment(d, 0, &owner0);
-            /* Step 1 is a statistics step; force a refresh through a new damping (every rank). */
+            /* Step 1 is a statistics step; force a refresh through a new damping (every rank).
+             * The corruption comes first: a plain layer's observation folds the moving average. */
             kf_optimizer_set_damping(opt, 0.2f);
-            for (int l = 0; l < N_LAYERS; l++) {
-                kf_optimizer_observe_activations(opt, (size_t)l, HALF, ins[l], lay_in[l]);
-                kf_optimizer_observe_gradients(opt, (size_t)l, HALF, g.gs[l], lay_out[l], HALF);
-            }
             memcpy(saved, l0->a.f, dim * dim * sizeof(float));
             if (rank == owner0) {
                 for (size_t i = 0; i < dim; i++) {
                     l0->a.f[i * dim + i] = -1e6f;
                 }
+            }
+            for (int l = 0; l < N_LAYERS; l++) {
+                kf_optimizer_observe_activations(opt, (size_t)l, HALF, ins[l], lay_in[l]);
+                kf_optimizer_observe_gradients(opt, (size_t)l, HALF, g.gs[l], lay_out[l], HALF);
             }
             kf_optimizer_inverse_count(opt, 0, &inv_before);
             net_copy(&before, &m);

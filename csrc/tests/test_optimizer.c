@@ -1156,9 +1156,82 @@ static void test_weight_tying(kf_rng *rng)
     }
 }
 
+/* The factors the optimizer keeps are the normalised moving averages of kf_activation_factor and
+ * kf_gradient_factor (kf_factor_ema_update), whichever way the step folds them: plain layers fold
+ * during the observation, reduce-mode layers in the step; with refreshes on some steps only. */
+static void test_factor_moving_average(kf_rng *rng)
+{
+    enum { N = 4, R = 3, IN = 5, OUT = 3, STEPS = 5 };
+    kf_context *ctx = NULL;
+    CHECK_STATUS(kf_context_create(NULL, &ctx), KF_OK);
+    for (int algo = 0; algo < 2; algo++) {
+        for (int reduce = 0; reduce < 2; reduce++) {
+            kf_optimizer_params p;
+            kf_optimizer *opt = NULL;
+            kf_layer_params lp;
+            kf_shared_mode mode = reduce ? KF_SHARED_REDUCE : KF_SHARED_EXPAND;
+            size_t idx, r = reduce ? R : 1, da = IN + 1;
+            float w[OUT * IN], b[OUT], gw[OUT * IN], gb[OUT], x[N * R * IN], g[N * R * OUT];
+            float fa[(IN + 1) * (IN + 1)], fg[OUT * OUT], got[(IN + 1) * (IN + 1)];
+            double wa = 0.0, wg = 0.0, want[(IN + 1) * (IN + 1)];
+            float avg_a[(IN + 1) * (IN + 1)], avg_g[OUT * OUT];
+            kf_layer_tensors t = {w, IN, b, gw, IN, gb};
+            const float scale = 2.0f;
+            CHECK_STATUS(kf_optimizer_params_init(&p, algo ? KF_ALGO_KFAC : KF_ALGO_FOOF), KF_OK);
+            p.factor_decay = 0.8f;
+            p.inverse_interval = 2;
+            p.momentum = 0.0f;
+            CHECK_STATUS(kf_optimizer_create(&p, NULL, &opt), KF_OK);
+            kf_layer_params_init(&lp, OUT, IN);
+            lp.shared = r;
+            lp.shared_mode = mode;
+            CHECK_STATUS(kf_optimizer_add_layer(opt, &lp, &idx), KF_OK);
+            kf_rng_fill(rng, w, OUT * IN);
+            kf_rng_fill(rng, b, OUT);
+            for (int step = 0; step < STEPS; step++) {
+                size_t lt = reduce ? 1 : r;
+                kf_rng_fill(rng, x, N * r * IN);
+                kf_rng_fill(rng, g, N * r * OUT);
+                kf_rng_fill(rng, gw, OUT * IN);
+                kf_rng_fill(rng, gb, OUT);
+                CHECK_STATUS(kf_optimizer_observe_activations(opt, 0, N, x, IN), KF_OK);
+                CHECK_STATUS(kf_activation_factor(ctx, N, r, IN, x, IN, 1, mode, fa, da), KF_OK);
+                CHECK_STATUS(kf_factor_ema_update(ctx, da, p.factor_decay, fa, da, avg_a, da, &wa),
+                             KF_OK);
+                if (algo) {
+                    CHECK_STATUS(kf_optimizer_observe_gradients(opt, 0, N, g, OUT, scale), KF_OK);
+                    CHECK_STATUS(kf_gradient_factor(ctx, N, r, OUT, g, OUT, mode, lt, scale, fg, OUT),
+                                 KF_OK);
+                    CHECK_STATUS(kf_factor_ema_update(ctx, OUT, p.factor_decay, fg, OUT, avg_g, OUT,
+                                                      &wg),
+                                 KF_OK);
+                }
+                CHECK_STATUS(kf_optimizer_step(opt, &t, 1), KF_OK);
+                CHECK_STATUS(kf_optimizer_layer_factor(opt, 0, KF_FACTOR_A, got, da), KF_OK);
+                for (size_t i = 0; i < da * da; i++) {
+                    want[i] = avg_a[i];
+                }
+                kf_test_close(reduce ? "A moving average (reduce: folded in the step)"
+                                     : "A moving average (folded in the observation)",
+                              da, da, got, da, want, da, 1e-5, 1e-6);
+                if (algo) {
+                    CHECK_STATUS(kf_optimizer_layer_factor(opt, 0, KF_FACTOR_G, got, OUT), KF_OK);
+                    for (size_t i = 0; i < OUT * OUT; i++) {
+                        want[i] = avg_g[i];
+                    }
+                    kf_test_close("G moving average", OUT, OUT, got, OUT, want, OUT, 1e-5, 1e-6);
+                }
+            }
+            kf_optimizer_destroy(opt);
+        }
+    }
+    kf_context_destroy(ctx);
+}
+
 int main(void)
 {
     kf_rng rng = {0xC0FFEEULL};
+    test_factor_moving_average(&rng);
     test_weight_tying(&rng);
     test_step_batch(&rng);
     test_stats_subsample();
