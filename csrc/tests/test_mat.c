@@ -363,7 +363,7 @@ static void run_syrk_case(kf_context *ctx, kf_rng *rng, int path, size_t k, size
 
 static void test_syrk(kf_context *ctx, kf_rng *rng)
 {
-    static const size_t ns[] = {1, 3, 17, 65, 130};
+    static const size_t ns[] = {1, 3, 17, 65, 130, 201};
     static const size_t ks[] = {0, 1, 5, 64, 257};
     static const float ab[][2] = {{1.0f, 0.0f}, {0.25f, 1.0f}, {-2.0f, 0.5f}};
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
