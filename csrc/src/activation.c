@@ -68,29 +68,142 @@ static inline float float_of(uint32_t b)
 #define SIGN_BIT 0x80000000u
 #define INF_BITS 0x7f800000u
 
-static void tanh_forward(size_t n, const float *x, float *y)
+/* The activations of one element. Inlined into the loops below, whatever their target. */
+static inline float tanh1(float x)
 {
     const uint32_t limit = bits_of(9.0f); /* tanh(9) rounds to 1 in float */
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = bits_of(x[i]), a = v & ~SIGN_BIT;
-        /* NaN is clamped too (the reduction converts to an integer) and restored below. */
-        float c = float_of(a < limit ? a : limit);
-        float e = expm1_neg(-2.0f * c); /* tanh(a) = -expm1(-2a) / (2 + expm1(-2a)) */
-        uint32_t t = bits_of(-e / (2.0f + e)) & ~SIGN_BIT;
-        t |= v & SIGN_BIT; /* odd, and tanh(-0) = -0 */
-        y[i] = float_of(a > INF_BITS ? v : t);
+    uint32_t v = bits_of(x), a = v & ~SIGN_BIT;
+    /* NaN is clamped too (the reduction converts to an integer) and restored below. */
+    float c = float_of(a < limit ? a : limit);
+    float e = expm1_neg(-2.0f * c); /* tanh(a) = -expm1(-2a) / (2 + expm1(-2a)) */
+    /* Odd, and tanh(-0) = -0, through a product with +-1 (exact). Setting the sign bit with an
+     * OR instead is miscompiled by Clang 21 for AVX-512 (wrong exponent bits). */
+    float t = (0.0f - e) / (2.0f + e) * float_of((v & SIGN_BIT) | bits_of(1.0f)); /* 0 - e: +0 at 0 */
+    return float_of(a > INF_BITS ? v : bits_of(t));
+}
+
+static inline float sigmoid1(float x)
+{
+    const uint32_t limit = bits_of(110.0f); /* e^-110 underflows to 0 */
+    uint32_t v = bits_of(x), a = v & ~SIGN_BIT;
+    float c = float_of(a < limit ? a : limit);
+    float e = exp_neg(-c); /* e^-|x|: sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) else */
+    float s = float_of((v & SIGN_BIT) ? bits_of(e) : bits_of(1.0f)) / (1.0f + e);
+    return float_of(a > INF_BITS ? v : bits_of(s));
+}
+
+/* The loops, once per instruction set. Each block of results goes through a local array, so that
+ * the compiler sees no aliasing between input and output (which may be the same array) and
+ * vectorises without run-time overlap checks; the copy comes from L1. */
+#define KF_ACT_BLOCK 512
+
+#define KF_ACT_BLOCKED(n, out, EXPR)                                                               \
+    do {                                                                                           \
+        float t_[KF_ACT_BLOCK];                                                                    \
+        for (size_t i0 = 0; i0 < (n); i0 += KF_ACT_BLOCK) {                                        \
+            size_t m = (n) - i0 < KF_ACT_BLOCK ? (n) - i0 : KF_ACT_BLOCK;                          \
+            for (size_t i = 0; i < m; i++) {                                                       \
+                t_[i] = (EXPR);                                                                    \
+            }                                                                                      \
+            memcpy((out) + i0, t_, m * sizeof(float));                                             \
+        }                                                                                          \
+    } while (0)
+
+/* forward: f is ReLU, tanh or sigmoid. backward: dx = f'(y) dy for the same three. NaN < 0 and
+ * NaN > 0 are false, so ReLU keeps NaN; its gradient is read unconditionally, so that the loop
+ * vectorises. */
+#define KF_DEFINE_ACTIVATION_LOOPS(S, TARGET)                                                      \
+    TARGET static void act_forward_##S(kf_activation f, size_t n, const float *x, float *y)       \
+    {                                                                                              \
+        switch (f) {                                                                               \
+        case KF_ACTIVATION_RELU: KF_ACT_BLOCKED(n, y, x[i0 + i] < 0 ? 0.0f : x[i0 + i]); break;    \
+        case KF_ACTIVATION_TANH: KF_ACT_BLOCKED(n, y, tanh1(x[i0 + i])); break;                    \
+        case KF_ACTIVATION_SIGMOID: KF_ACT_BLOCKED(n, y, sigmoid1(x[i0 + i])); break;              \
+        default: break;                                                                            \
+        }                                                                                          \
+    }                                                                                              \
+    TARGET static void act_backward_##S(kf_activation f, size_t n, const float *y,                \
+                                        const float *dy, float *dx)                                \
+    {                                                                                              \
+        switch (f) {                                                                               \
+        case KF_ACTIVATION_RELU: KF_ACT_BLOCKED(n, dx, y[i0 + i] > 0 ? dy[i0 + i] : 0.0f); break;  \
+        case KF_ACTIVATION_TANH:                                                                   \
+            KF_ACT_BLOCKED(n, dx, dy[i0 + i] * (1.0f - y[i0 + i] * y[i0 + i]));                    \
+            break;                                                                                 \
+        case KF_ACTIVATION_SIGMOID:                                                                \
+            KF_ACT_BLOCKED(n, dx, dy[i0 + i] * (y[i0 + i] * (1.0f - y[i0 + i])));                  \
+            break;                                                                                 \
+        default: break;                                                                            \
+        }                                                                                          \
+    }
+
+KF_DEFINE_ACTIVATION_LOOPS(generic, )
+
+/* x86-64: the same loops for AVX2/FMA and AVX-512, through function attributes (no compiler
+ * flag), chosen per call from the CPU's features as the portable GEMM does. Not with GCC on
+ * Windows, which cannot align the stack for spilled AVX vectors (GCC bug 54412). */
+#if defined(__GNUC__) && defined(__x86_64__) && (!defined(_WIN32) || defined(__clang__))
+#define KF_ACT_X86 1
+KF_DEFINE_ACTIVATION_LOOPS(avx2, __attribute__((target("avx2,fma"))))
+KF_DEFINE_ACTIVATION_LOOPS(avx512, __attribute__((target("avx512f,avx2,fma"))))
+#endif
+
+int kf__activation_path_available(int path)
+{
+    switch (path) {
+    case KF__ACT_PATH_GENERIC:
+        return 1;
+#if defined(KF_ACT_X86)
+    case KF__ACT_PATH_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case KF__ACT_PATH_AVX512:
+        /* libgcc / compiler-rt report AVX-512 only when the OS saves the ZMM state. */
+        return kf__activation_path_available(KF__ACT_PATH_AVX2) && __builtin_cpu_supports("avx512f");
+#endif
+    default:
+        return 0;
     }
 }
 
-static void sigmoid_forward(size_t n, const float *x, float *y)
+static int best_path(void)
 {
-    const uint32_t limit = bits_of(110.0f); /* e^-110 underflows to 0 */
-    for (size_t i = 0; i < n; i++) {
-        uint32_t v = bits_of(x[i]), a = v & ~SIGN_BIT;
-        float c = float_of(a < limit ? a : limit);
-        float e = exp_neg(-c); /* e^-|x|: sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) else */
-        float s = float_of((v & SIGN_BIT) ? bits_of(e) : bits_of(1.0f)) / (1.0f + e);
-        y[i] = float_of(a > INF_BITS ? v : bits_of(s));
+    return kf__activation_path_available(KF__ACT_PATH_AVX512) ? KF__ACT_PATH_AVX512
+           : kf__activation_path_available(KF__ACT_PATH_AVX2) ? KF__ACT_PATH_AVX2
+                                                               : KF__ACT_PATH_GENERIC;
+}
+
+void kf__activation_forward_on(int path, kf_activation f, size_t n, const float *x, float *y)
+{
+    if (f == KF_ACTIVATION_IDENTITY) {
+        if (n > 0 && y != x) {
+            memcpy(y, x, n * sizeof(float));
+        }
+        return;
+    }
+    switch (kf__activation_path_available(path) ? path : KF__ACT_PATH_GENERIC) {
+#if defined(KF_ACT_X86)
+    case KF__ACT_PATH_AVX2: act_forward_avx2(f, n, x, y); break;
+    case KF__ACT_PATH_AVX512: act_forward_avx512(f, n, x, y); break;
+#endif
+    default: act_forward_generic(f, n, x, y); break;
+    }
+}
+
+void kf__activation_backward_on(int path, kf_activation f, size_t n, const float *y,
+                                const float *dy, float *dx)
+{
+    if (f == KF_ACTIVATION_IDENTITY) {
+        if (n > 0 && dx != dy) {
+            memcpy(dx, dy, n * sizeof(float));
+        }
+        return;
+    }
+    switch (kf__activation_path_available(path) ? path : KF__ACT_PATH_GENERIC) {
+#if defined(KF_ACT_X86)
+    case KF__ACT_PATH_AVX2: act_backward_avx2(f, n, y, dy, dx); break;
+    case KF__ACT_PATH_AVX512: act_backward_avx512(f, n, y, dy, dx); break;
+#endif
+    default: act_backward_generic(f, n, y, dy, dx); break;
     }
 }
 
@@ -130,25 +243,7 @@ kf_status kf_activation_forward(kf_context *ctx, kf_activation f, size_t n, cons
         return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT,
                         "kf_activation_forward: y overlaps x without being x");
     }
-    switch (f) {
-    case KF_ACTIVATION_IDENTITY:
-        if (n > 0 && y != x) {
-            memcpy(y, x, n * sizeof(float));
-        }
-        break;
-    case KF_ACTIVATION_RELU:
-        for (size_t i = 0; i < n; i++) {
-            float v = x[i];
-            y[i] = v < 0 ? 0.0f : v; /* NaN < 0 is false: NaN stays */
-        }
-        break;
-    case KF_ACTIVATION_TANH:
-        tanh_forward(n, x, y);
-        break;
-    case KF_ACTIVATION_SIGMOID:
-        sigmoid_forward(n, x, y);
-        break;
-    }
+    kf__activation_forward_on(best_path(), f, n, x, y);
     kf__clear(&ctx->err);
     return KF_OK;
 }
@@ -174,29 +269,7 @@ kf_status kf_activation_backward(kf_context *ctx, kf_activation f, size_t n, con
         return kf__fail(&ctx->err, KF_ERR_INVALID_ARGUMENT,
                         "kf_activation_backward: dx overlaps y, or dy without being dy");
     }
-    switch (f) {
-    case KF_ACTIVATION_IDENTITY:
-        if (n > 0 && dx != dy) {
-            memcpy(dx, dy, n * sizeof(float));
-        }
-        break;
-    case KF_ACTIVATION_RELU:
-        for (size_t i = 0; i < n; i++) {
-            float g = dy[i]; /* read unconditionally, so that the loop vectorises */
-            dx[i] = y[i] > 0 ? g : 0.0f;
-        }
-        break;
-    case KF_ACTIVATION_TANH:
-        for (size_t i = 0; i < n; i++) {
-            dx[i] = dy[i] * (1.0f - y[i] * y[i]);
-        }
-        break;
-    case KF_ACTIVATION_SIGMOID:
-        for (size_t i = 0; i < n; i++) {
-            dx[i] = dy[i] * (y[i] * (1.0f - y[i]));
-        }
-        break;
-    }
+    kf__activation_backward_on(best_path(), f, n, y, dy, dx);
     kf__clear(&ctx->err);
     return KF_OK;
 }
