@@ -1,5 +1,6 @@
 /* Element-wise activations in loops without calls or branches, so that compilers vectorise them
- * at -O2 for any target (libm's tanhf and expf are scalar calls). */
+ * at -O2 for any target (libm's tanhf and expf are scalar calls); on x86-64 the same loops are
+ * also compiled for AVX2/FMA and AVX-512 and the best one is chosen per call. */
 #include "kf_internal.h"
 
 #include <stdint.h>
@@ -92,48 +93,61 @@ static inline float sigmoid1(float x)
     return float_of(a > INF_BITS ? v : bits_of(s));
 }
 
-/* The loops, once per instruction set. Each block of results goes through a local array, so that
- * the compiler sees no aliasing between input and output (which may be the same array) and
- * vectorises without run-time overlap checks; the copy comes from L1. */
-#define KF_ACT_BLOCK 512
+/* The loops, once per instruction set, each in two forms: out of place with restrict pointers
+ * (the public functions reject partial overlaps), and in place through one pointer, where the
+ * compiler sees that each element is read before it is written; both vectorise without run-time
+ * overlap checks. X and DY name the inputs inside the expressions. */
+#define KF_ACT_SWITCH(f, n, out, RELU, TANH, SIGMOID)                                              \
+    switch (f) {                                                                                   \
+    case KF_ACTIVATION_RELU: for (size_t i = 0; i < (n); i++) { (out)[i] = (RELU); } break;        \
+    case KF_ACTIVATION_TANH: for (size_t i = 0; i < (n); i++) { (out)[i] = (TANH); } break;        \
+    case KF_ACTIVATION_SIGMOID: for (size_t i = 0; i < (n); i++) { (out)[i] = (SIGMOID); } break;  \
+    default: break;                                                                                \
+    }
 
-#define KF_ACT_BLOCKED(n, out, EXPR)                                                               \
-    do {                                                                                           \
-        float t_[KF_ACT_BLOCK];                                                                    \
-        for (size_t i0 = 0; i0 < (n); i0 += KF_ACT_BLOCK) {                                        \
-            size_t m = (n) - i0 < KF_ACT_BLOCK ? (n) - i0 : KF_ACT_BLOCK;                          \
-            for (size_t i = 0; i < m; i++) {                                                       \
-                t_[i] = (EXPR);                                                                    \
-            }                                                                                      \
-            memcpy((out) + i0, t_, m * sizeof(float));                                             \
-        }                                                                                          \
-    } while (0)
+/* forward: f is ReLU, tanh or sigmoid (NaN < 0 is false: ReLU keeps NaN). backward: dx = f'(y) dy
+ * for the same three; ReLU's gradient is read unconditionally, so that the loop vectorises. */
+#define KF_ACT_FORWARD(f, n, x, out)                                                               \
+    KF_ACT_SWITCH(f, n, out, x[i] < 0 ? 0.0f : x[i], tanh1(x[i]), sigmoid1(x[i]))
+#define KF_ACT_BACKWARD(f, n, y, dy, out)                                                          \
+    KF_ACT_SWITCH(f, n, out, y[i] > 0 ? dy[i] : 0.0f, dy[i] * (1.0f - y[i] * y[i]),              \
+                  dy[i] * (y[i] * (1.0f - y[i])))
 
-/* forward: f is ReLU, tanh or sigmoid. backward: dx = f'(y) dy for the same three. NaN < 0 and
- * NaN > 0 are false, so ReLU keeps NaN; its gradient is read unconditionally, so that the loop
- * vectorises. */
 #define KF_DEFINE_ACTIVATION_LOOPS(S, TARGET)                                                      \
-    TARGET static void act_forward_##S(kf_activation f, size_t n, const float *x, float *y)       \
+    TARGET static void act_forward_##S(kf_activation f, size_t n, const float *restrict x,        \
+                                       float *restrict y)                                          \
     {                                                                                              \
-        switch (f) {                                                                               \
-        case KF_ACTIVATION_RELU: KF_ACT_BLOCKED(n, y, x[i0 + i] < 0 ? 0.0f : x[i0 + i]); break;    \
-        case KF_ACTIVATION_TANH: KF_ACT_BLOCKED(n, y, tanh1(x[i0 + i])); break;                    \
-        case KF_ACTIVATION_SIGMOID: KF_ACT_BLOCKED(n, y, sigmoid1(x[i0 + i])); break;              \
-        default: break;                                                                            \
+        KF_ACT_FORWARD(f, n, x, y)                                                                 \
+    }                                                                                              \
+    TARGET static void act_forward_in_place_##S(kf_activation f, size_t n, float *y)              \
+    {                                                                                              \
+        KF_ACT_FORWARD(f, n, y, y)                                                                 \
+    }                                                                                              \
+    TARGET static void act_backward_##S(kf_activation f, size_t n, const float *restrict y,       \
+                                        const float *restrict dy, float *restrict dx)              \
+    {                                                                                              \
+        KF_ACT_BACKWARD(f, n, y, dy, dx)                                                           \
+    }                                                                                              \
+    TARGET static void act_backward_in_place_##S(kf_activation f, size_t n,                       \
+                                                 const float *restrict y, float *dx)               \
+    {                                                                                              \
+        KF_ACT_BACKWARD(f, n, y, dx, dx)                                                           \
+    }                                                                                              \
+    TARGET static void act_forward_any_##S(kf_activation f, size_t n, const float *x, float *y)   \
+    {                                                                                              \
+        if (x == y) {                                                                              \
+            act_forward_in_place_##S(f, n, y);                                                     \
+        } else {                                                                                   \
+            act_forward_##S(f, n, x, y);                                                           \
         }                                                                                          \
     }                                                                                              \
-    TARGET static void act_backward_##S(kf_activation f, size_t n, const float *y,                \
-                                        const float *dy, float *dx)                                \
+    TARGET static void act_backward_any_##S(kf_activation f, size_t n, const float *y,            \
+                                            const float *dy, float *dx)                            \
     {                                                                                              \
-        switch (f) {                                                                               \
-        case KF_ACTIVATION_RELU: KF_ACT_BLOCKED(n, dx, y[i0 + i] > 0 ? dy[i0 + i] : 0.0f); break;  \
-        case KF_ACTIVATION_TANH:                                                                   \
-            KF_ACT_BLOCKED(n, dx, dy[i0 + i] * (1.0f - y[i0 + i] * y[i0 + i]));                    \
-            break;                                                                                 \
-        case KF_ACTIVATION_SIGMOID:                                                                \
-            KF_ACT_BLOCKED(n, dx, dy[i0 + i] * (y[i0 + i] * (1.0f - y[i0 + i])));                  \
-            break;                                                                                 \
-        default: break;                                                                            \
+        if (dx == dy) {                                                                            \
+            act_backward_in_place_##S(f, n, y, dx);                                                \
+        } else {                                                                                   \
+            act_backward_##S(f, n, y, dy, dx);                                                     \
         }                                                                                          \
     }
 
@@ -182,10 +196,10 @@ void kf__activation_forward_on(int path, kf_activation f, size_t n, const float 
     }
     switch (kf__activation_path_available(path) ? path : KF__ACT_PATH_GENERIC) {
 #if defined(KF_ACT_X86)
-    case KF__ACT_PATH_AVX2: act_forward_avx2(f, n, x, y); break;
-    case KF__ACT_PATH_AVX512: act_forward_avx512(f, n, x, y); break;
+    case KF__ACT_PATH_AVX2: act_forward_any_avx2(f, n, x, y); break;
+    case KF__ACT_PATH_AVX512: act_forward_any_avx512(f, n, x, y); break;
 #endif
-    default: act_forward_generic(f, n, x, y); break;
+    default: act_forward_any_generic(f, n, x, y); break;
     }
 }
 
@@ -200,10 +214,10 @@ void kf__activation_backward_on(int path, kf_activation f, size_t n, const float
     }
     switch (kf__activation_path_available(path) ? path : KF__ACT_PATH_GENERIC) {
 #if defined(KF_ACT_X86)
-    case KF__ACT_PATH_AVX2: act_backward_avx2(f, n, y, dy, dx); break;
-    case KF__ACT_PATH_AVX512: act_backward_avx512(f, n, y, dy, dx); break;
+    case KF__ACT_PATH_AVX2: act_backward_any_avx2(f, n, y, dy, dx); break;
+    case KF__ACT_PATH_AVX512: act_backward_any_avx512(f, n, y, dy, dx); break;
 #endif
-    default: act_backward_generic(f, n, y, dy, dx); break;
+    default: act_backward_any_generic(f, n, y, dy, dx); break;
     }
 }
 

@@ -110,8 +110,14 @@ static void test_paths_agree(kf_rng *rng)
                     memcpy(&after, &y1[n], sizeof after);
                     same &= after == 0x7f7f7f7fu;
                 }
+                memcpy(dx0, x, n * sizeof(float)); /* in place: the same results */
+                kf__activation_forward_on(path, kinds[k], n, dx0, dx0);
+                same &= n == 0 || memcmp(dx0, y1, n * sizeof(float)) == 0;
                 kf__activation_backward_on(KF__ACT_PATH_GENERIC, kinds[k], n, y0, dy, dx0);
                 kf__activation_backward_on(path, kinds[k], n, y0, dy, dx1);
+                memcpy(y1, dy, n * sizeof(float));
+                kf__activation_backward_on(path, kinds[k], n, y0, y1, y1);
+                same &= n == 0 || memcmp(dx1, y1, n * sizeof(float)) == 0;
                 for (size_t i = 0; i < n; i++) {
                     double d = fabs((double)dx1[i] - (double)dx0[i]);
                     /* 1 - y^2 and y (1 - y) may be contracted to a fused multiply-add, which
