@@ -124,7 +124,6 @@ public final class Dense: Layer, InputGradientSkipping {
     var updatedForward: UInt64 = 0
 
     private var contextStorage: KernelContext?
-    private var ones: [Float] = []
 
     /// How the optimizers factor the layer's curvature when it is applied along a shared axis.
     public var sharedAxis: SharedAxisApproximation
@@ -211,12 +210,6 @@ public final class Dense: Layer, InputGradientSkipping {
         }
     }
 
-    /// A column of ones, so that bias terms are products with the core's kernels too.
-    private func onesColumn(_ count: Int) -> [Float] {
-        if ones.count < count { ones = [Float](repeating: 1, count: count) }
-        return ones
-    }
-
     /// Forms the parameter gradients of the last gradient pass: dW = (1/n) G^T X, db = (1/n) G^T 1.
     private func materializeGradients() {
         guard gradientsPending, let input = gradientInput, let g = lastOutputGradient else { return }
@@ -285,19 +278,18 @@ public final class Dense: Layer, InputGradientSkipping {
         let n = input.rowCount
         precondition(input.rank == 2 && input.columnCount == inputSize && examples > 0 && n % examples == 0)
         let context = try self.context
-        let ones = onesColumn(n)
         let out = outputSize, inp = inputSize
         let output = try Tensor.matrix(rows: n, columns: out) { y in
             try input.withUnsafeBufferPointer { x in
                 try weight.withUnsafeBufferPointer { w in
                     var beta: Float = 0
                     if let bias {
-                        // Y = 1 b^T, then Y += X W^T.
-                        try bias.withUnsafeBufferPointer { b in
-                            try ones.withUnsafeBufferPointer { o in
-                                try context.gemm(transposeA: false, transposeB: false, m: n, n: out, k: 1,
-                                                 alpha: 1, a: o.baseAddress!, lda: 1, b: b.baseAddress!, ldb: out,
-                                                 beta: 0, c: y.baseAddress!, ldc: out)
+                        // Y = 1 b^T, then Y += X W^T. Row copies: a k = 1 product takes BLAS's
+                        // single-threaded small-matrix path and cost more than the tanh after it;
+                        // the copies stand in for the zeroing pass that beta = 0 would make.
+                        bias.withUnsafeBufferPointer { b in
+                            for row in 0..<n {
+                                (y.baseAddress! + row * out).initialize(from: b.baseAddress!, count: out)
                             }
                         }
                         beta = 1
@@ -455,6 +447,26 @@ enum ActivationKind: Sendable {
         return Tensor(uncheckedShape: input.shape, scalars: scalars)
     }
 
+    /// `apply` writing into the tensor's own storage (copied first only when shared).
+    func apply(inPlace tensor: inout Tensor, context: KernelContext) throws {
+        if self == .identity { return }
+        try tensor.withUnsafeMutableBufferPointer { x in
+            try context.check(kf_activation_forward(context.handle, core, x.count, x.baseAddress, x.baseAddress))
+        }
+    }
+
+    /// `derivativeTimes` writing into the gradient's own storage (copied first only when shared,
+    /// so never into `output`'s).
+    func derivativeTimes(inPlace gradient: inout Tensor, output: Tensor, context: KernelContext) throws {
+        if self == .identity { return }
+        try output.withUnsafeBufferPointer { y in
+            try gradient.withUnsafeMutableBufferPointer { dy in
+                try context.check(kf_activation_backward(
+                    context.handle, core, dy.count, y.baseAddress, dy.baseAddress, dy.baseAddress))
+            }
+        }
+    }
+
     func derivativeTimes(_ gradient: Tensor, output: Tensor, context: KernelContext) throws -> Tensor {
         if self == .identity { return gradient }
         let scalars = try output.withUnsafeBufferPointer { y in
@@ -496,15 +508,40 @@ struct ActivationState {
     }
 
     mutating func forward(_ input: Tensor, name: String) throws -> Tensor {
-        guard input.rank >= 1, input.rowCount > 0, input.scalarCount > 0 else {
-            throw KronfacError(.shape, "\(name) input is an empty batch (shape \(input.shape))")
-        }
+        try checkInput(input, name: name)
         let output = try kind.apply(input, context: context())
         lastOutput = output
         return output
     }
 
+    /// The forward pass in the input's storage: a model hands over a batch nobody else holds
+    /// (a dense layer's fresh output), which saves an allocation and a pass over new memory.
+    mutating func forward(inPlace tensor: inout Tensor, name: String) throws {
+        try checkInput(tensor, name: name)
+        lastOutput = nil  // not a second owner of storage that may be reused below
+        try kind.apply(inPlace: &tensor, context: context())
+        lastOutput = tensor
+    }
+
+    private func checkInput(_ input: Tensor, name: String) throws {
+        guard input.rank >= 1, input.rowCount > 0, input.scalarCount > 0 else {
+            throw KronfacError(.shape, "\(name) input is an empty batch (shape \(input.shape))")
+        }
+    }
+
     mutating func backward(_ gradient: Tensor, name: String) throws -> Tensor {
+        let output = try checkGradient(gradient, name: name)
+        return try kind.derivativeTimes(gradient, output: output, context: context())
+    }
+
+    /// The backward pass in the gradient's storage (see `forward(inPlace:name:)`).
+    mutating func backward(inPlace gradient: inout Tensor, name: String) throws {
+        let output = try checkGradient(gradient, name: name)
+        try kind.derivativeTimes(inPlace: &gradient, output: output, context: context())
+    }
+
+    /// The last output, which the gradient must match in shape.
+    private func checkGradient(_ gradient: Tensor, name: String) throws -> Tensor {
         guard let lastOutput else {
             throw KronfacError(.state, "\(name).backward called before forward")
         }
@@ -512,48 +549,62 @@ struct ActivationState {
             throw KronfacError(.shape,
                 "\(name) output gradient has shape \(gradient.shape), the last forward output had \(lastOutput.shape)")
         }
-        return try kind.derivativeTimes(gradient, output: lastOutput, context: context())
+        return lastOutput
     }
 }
 
+/// An activation layer that a model may run in the storage of the batch it hands over.
+protocol InPlaceActivation: Layer {
+    func forward(inPlace tensor: inout Tensor) throws
+    func backward(inPlace gradient: inout Tensor) throws
+}
+
 /// The identity activation (a placeholder, e.g. for a linear output layer).
-public final class Identity: Layer {
+public final class Identity: Layer, InPlaceActivation {
     private var state = ActivationState(kind: .identity)
     public init() {}
     public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "Identity") }
     public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
         try state.backward(outputGradient, name: "Identity")
     }
+    func forward(inPlace tensor: inout Tensor) throws { try state.forward(inPlace: &tensor, name: "Identity") }
+    func backward(inPlace gradient: inout Tensor) throws { try state.backward(inPlace: &gradient, name: "Identity") }
 }
 
 /// max(0, x).
-public final class ReLU: Layer {
+public final class ReLU: Layer, InPlaceActivation {
     private var state = ActivationState(kind: .relu)
     public init() {}
     public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "ReLU") }
     public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
         try state.backward(outputGradient, name: "ReLU")
     }
+    func forward(inPlace tensor: inout Tensor) throws { try state.forward(inPlace: &tensor, name: "ReLU") }
+    func backward(inPlace gradient: inout Tensor) throws { try state.backward(inPlace: &gradient, name: "ReLU") }
 }
 
 /// The hyperbolic tangent.
-public final class Tanh: Layer {
+public final class Tanh: Layer, InPlaceActivation {
     private var state = ActivationState(kind: .tanh)
     public init() {}
     public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "Tanh") }
     public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
         try state.backward(outputGradient, name: "Tanh")
     }
+    func forward(inPlace tensor: inout Tensor) throws { try state.forward(inPlace: &tensor, name: "Tanh") }
+    func backward(inPlace gradient: inout Tensor) throws { try state.backward(inPlace: &gradient, name: "Tanh") }
 }
 
 /// The logistic function 1 / (1 + e^-x).
-public final class Sigmoid: Layer {
+public final class Sigmoid: Layer, InPlaceActivation {
     private var state = ActivationState(kind: .sigmoid)
     public init() {}
     public func forward(_ input: Tensor) throws -> Tensor { try state.forward(input, name: "Sigmoid") }
     public func backward(_ outputGradient: Tensor, pass: BackwardPass) throws -> Tensor {
         try state.backward(outputGradient, name: "Sigmoid")
     }
+    func forward(inPlace tensor: inout Tensor) throws { try state.forward(inPlace: &tensor, name: "Sigmoid") }
+    func backward(inPlace gradient: inout Tensor) throws { try state.backward(inPlace: &gradient, name: "Sigmoid") }
 }
 
 // MARK: - Sequential
@@ -632,7 +683,15 @@ public final class Sequential: Layer, InputGradientSkipping {
     public func forward(_ input: Tensor) throws -> Tensor {
         guard !layers.isEmpty else { return input }
         var x = input
-        for layer in layers { x = try layer.forward(x) }
+        for layer in layers {
+            // Activations work in place: the batch a layer returns is the model's alone (shared
+            // storage, such as the caller's input, is copied first).
+            if let activation = layer as? any InPlaceActivation {
+                try activation.forward(inPlace: &x)
+            } else {
+                x = try layer.forward(x)
+            }
+        }
         return x
     }
 
@@ -645,7 +704,9 @@ public final class Sequential: Layer, InputGradientSkipping {
         var g = outputGradient
         for (index, layer) in layers.enumerated().reversed() {
             let needed = needsInputGradient || index > 0
-            if let skipping = layer as? any InputGradientSkipping {
+            if let activation = layer as? any InPlaceActivation {
+                try activation.backward(inPlace: &g)
+            } else if let skipping = layer as? any InputGradientSkipping {
                 guard let next = try skipping.backward(g, pass: pass, needsInputGradient: needed) else { return nil }
                 g = next
             } else {

@@ -255,4 +255,29 @@ struct GradientTests {
         #expect(model.denseLayers.map(\.weightGradient) == before)
         #expect(model.denseLayers.last!.lastCurvatureGradient == v)
     }
+
+    @Test("Activations run in place inside a model, yet tensors held by the caller keep their values")
+    func inPlaceActivationsKeepValueSemantics() throws {
+        func makeModel() -> Sequential {
+            Sequential(seed: 4, Tanh(), Dense(3, 4), ReLU(), Dense(4, 2), Sigmoid())
+        }
+        let model = makeModel()
+        let x1 = randomTensor([5, 3], seed: 1), g1 = randomTensor([5, 2], seed: 2)
+        let x2 = randomTensor([5, 3], seed: 3), g2 = randomTensor([5, 2], seed: 4)
+        // Copies of the scalars in fresh storage, so that a write through shared storage shows.
+        func snapshot(_ t: Tensor) -> [Float] { t.scalars.map { $0 } }
+        let out1 = try model.forward(x1)
+        let dx1 = try model.backward(g1)
+        let saved = [x1, g1, out1, dx1].map(snapshot)
+        let out2 = try model.forward(x2)
+        let dx2 = try model.backward(g2)
+        #expect([x1, g1, out1, dx1].map(snapshot) == saved)
+        #expect(x2.scalars == randomTensor([5, 3], seed: 3).scalars && g2.scalars == randomTensor([5, 2], seed: 4).scalars)
+        // The second passes and what the layers recorded equal those of a model that saw only them.
+        let fresh = makeModel()
+        #expect(try fresh.forward(x2) == out2)
+        #expect(try fresh.backward(g2) == dx2)
+        #expect(fresh.denseLayers.map(\.weightGradient) == model.denseLayers.map(\.weightGradient))
+        #expect(fresh.denseLayers.map(\.biasGradient) == model.denseLayers.map(\.biasGradient))
+    }
 }

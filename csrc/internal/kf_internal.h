@@ -122,4 +122,14 @@ int kf__all_finite_d(size_t rows, size_t cols, const double *x, size_t ldx);
 int kf__overlap(const float *a, size_t rows_a, size_t ld_a, size_t cols_a,
                 const float *b, size_t rows_b, size_t ld_b, size_t cols_b);
 
+/* The element-wise activation loops per instruction set (activation.c); the public functions use
+ * the best path this CPU runs. Test hooks: an unavailable path falls back to the generic one. */
+enum { KF__ACT_PATH_GENERIC, KF__ACT_PATH_AVX2, KF__ACT_PATH_AVX512, KF__ACT_PATHS };
+/* 1 if `path` is compiled in and this CPU runs it. */
+int kf__activation_path_available(int path);
+/* kf_activation_forward / _backward without validation, on `path`. */
+void kf__activation_forward_on(int path, kf_activation f, size_t n, const float *x, float *y);
+void kf__activation_backward_on(int path, kf_activation f, size_t n, const float *y,
+                                const float *dy, float *dx);
+
 #endif /* KF_INTERNAL_H */

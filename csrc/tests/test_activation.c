@@ -1,8 +1,12 @@
 /* kf_activation_forward / kf_activation_backward against double-precision references, their
- * limits, symmetries and special values, and their argument checks. */
+ * limits, symmetries and special values, and their argument checks; the accuracy sweeps run on
+ * every instruction-set path this CPU has (kf__activation_forward_on), and the public functions
+ * must give bit for bit the results of the path they pick. */
+#include "kf_internal.h"
 #include "kf_test.h"
 
 #include <float.h>
+#include <stdint.h>
 #include <math.h>
 #include <string.h>
 
@@ -22,13 +26,13 @@ static size_t fill_inputs(float *x, size_t cap, float lo, float hi)
     return n;
 }
 
-static void test_accuracy(kf_context *ctx)
+static void test_accuracy(int path)
 {
     enum { CAP = 300000 };
     static float x[CAP], y[CAP], back[CAP];
     double worst_tanh = 0, worst_sig = 0, worst_sym = 0;
     size_t n = fill_inputs(x, CAP, -20.0f, 20.0f);
-    CHECK_STATUS(kf_activation_forward(ctx, KF_ACTIVATION_TANH, n, x, y), KF_OK);
+    kf__activation_forward_on(path, KF_ACTIVATION_TANH, n, x, y);
     for (size_t i = 0; i < n; i++) {
         double r = tanh((double)x[i]), err = fabs((double)y[i] - r) / fabs(r);
         worst_tanh = err > worst_tanh ? err : worst_tanh;
@@ -38,7 +42,7 @@ static void test_accuracy(kf_context *ctx)
     for (size_t i = 0; i < n; i++) {
         back[i] = -x[i];
     }
-    CHECK_STATUS(kf_activation_forward(ctx, KF_ACTIVATION_TANH, n, back, back), KF_OK);
+    kf__activation_forward_on(path, KF_ACTIVATION_TANH, n, back, back);
     for (size_t i = 0; i < n; i++) {
         if (back[i] != -y[i]) {
             CHECK(back[i] == -y[i]);
@@ -47,7 +51,7 @@ static void test_accuracy(kf_context *ctx)
     }
 
     n = fill_inputs(x, CAP, -110.0f, 110.0f);
-    CHECK_STATUS(kf_activation_forward(ctx, KF_ACTIVATION_SIGMOID, n, x, y), KF_OK);
+    kf__activation_forward_on(path, KF_ACTIVATION_SIGMOID, n, x, y);
     for (size_t i = 0; i < n; i++) {
         double r = ref_sigmoid((double)x[i]);
         if (x[i] >= -87.0f) {
@@ -61,12 +65,97 @@ static void test_accuracy(kf_context *ctx)
     for (size_t i = 0; i < n; i++) {
         back[i] = -x[i];
     }
-    CHECK_STATUS(kf_activation_forward(ctx, KF_ACTIVATION_SIGMOID, n, back, back), KF_OK);
+    kf__activation_forward_on(path, KF_ACTIVATION_SIGMOID, n, back, back);
     for (size_t i = 0; i < n; i++) {
         double sum = (double)y[i] + (double)back[i];
         worst_sym = fabs(sum - 1) > worst_sym ? fabs(sum - 1) : worst_sym;
     }
     CHECK(worst_sym <= 1.2e-7);
+}
+
+/* Every path: the special values and the backward pass agree with the generic path (the sweeps
+ * above bound the forward error), at lengths that leave every kind of vector remainder. */
+static void test_paths_agree(kf_rng *rng)
+{
+    enum { N = 1100 };
+    static const float special[8] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, FLT_MAX, -FLT_MAX,
+                                     1e-45f};
+    static const size_t lengths[] = {0, 1, 7, 8, 15, 16, 17, 31, 33, 511, 512, 513, N};
+    float x[N], dy[N], y0[N], y1[N], dx0[N], dx1[N];
+    const kf_activation kinds[4] = {KF_ACTIVATION_IDENTITY, KF_ACTIVATION_RELU, KF_ACTIVATION_TANH,
+                                    KF_ACTIVATION_SIGMOID};
+    kf_rng_fill(rng, dy, N);
+    for (size_t i = 0; i < N; i++) {
+        x[i] = i < 8 ? special[i] : 12.0f * dy[(i * 7) % N];
+    }
+    kf_rng_fill(rng, dy, N);
+    for (int path = 0; path < KF__ACT_PATHS; path++) {
+        if (!kf__activation_path_available(path)) {
+            continue;
+        }
+        for (int k = 0; k < 4; k++) {
+            for (size_t l = 0; l < sizeof lengths / sizeof lengths[0]; l++) {
+                size_t n = lengths[l];
+                int same = 1;
+                memset(y1, 0x7f, sizeof y1);
+                kf__activation_forward_on(KF__ACT_PATH_GENERIC, kinds[k], n, x, y0);
+                kf__activation_forward_on(path, kinds[k], n, x, y1);
+                for (size_t i = 0; i < n; i++) {
+                    double d = fabs((double)y1[i] - (double)y0[i]);
+                    same &= (isnan(y0[i]) && isnan(y1[i])) || y0[i] == y1[i] ||
+                            d <= 4e-7 * fabs((double)y0[i]);
+                }
+                if (n < N) { /* nothing written past n */
+                    uint32_t after;
+                    memcpy(&after, &y1[n], sizeof after);
+                    same &= after == 0x7f7f7f7fu;
+                }
+                memcpy(dx0, x, n * sizeof(float)); /* in place: the same results */
+                kf__activation_forward_on(path, kinds[k], n, dx0, dx0);
+                same &= n == 0 || memcmp(dx0, y1, n * sizeof(float)) == 0;
+                kf__activation_backward_on(KF__ACT_PATH_GENERIC, kinds[k], n, y0, dy, dx0);
+                kf__activation_backward_on(path, kinds[k], n, y0, dy, dx1);
+                memcpy(y1, dy, n * sizeof(float));
+                kf__activation_backward_on(path, kinds[k], n, y0, y1, y1);
+                same &= n == 0 || memcmp(dx1, y1, n * sizeof(float)) == 0;
+                for (size_t i = 0; i < n; i++) {
+                    double d = fabs((double)dx1[i] - (double)dx0[i]);
+                    /* 1 - y^2 and y (1 - y) may be contracted to a fused multiply-add, which
+                     * rounds once instead of twice: apart by an ulp of y^2 times dy. */
+                    same &= (isnan(dx0[i]) && isnan(dx1[i])) ||
+                            d <= 1e-6 * fabs((double)dx0[i]) + 1.2e-7 * fabs((double)dy[i]);
+                }
+                if (!same) {
+                    fprintf(stderr, "path %d, activation %d, n %zu:\n", path, (int)kinds[k], n);
+                    CHECK(same);
+                }
+            }
+        }
+    }
+}
+
+/* The public functions use the best path: results bit for bit those of its hook. */
+static void test_dispatch(kf_context *ctx, kf_rng *rng)
+{
+    enum { N = 777 };
+    float x[N], dy[N], y0[N], y1[N], dx0[N], dx1[N];
+    int best = kf__activation_path_available(KF__ACT_PATH_AVX512) ? KF__ACT_PATH_AVX512
+               : kf__activation_path_available(KF__ACT_PATH_AVX2) ? KF__ACT_PATH_AVX2
+                                                                   : KF__ACT_PATH_GENERIC;
+    kf_rng_fill(rng, x, N);
+    kf_rng_fill(rng, dy, N);
+    for (size_t i = 0; i < N; i++) {
+        x[i] *= 6.0f;
+    }
+    for (int k = 0; k < 4; k++) {
+        kf_activation f = (kf_activation)k;
+        CHECK_STATUS(kf_activation_forward(ctx, f, N, x, y0), KF_OK);
+        kf__activation_forward_on(best, f, N, x, y1);
+        CHECK(memcmp(y0, y1, sizeof y0) == 0);
+        CHECK_STATUS(kf_activation_backward(ctx, f, N, y0, dy, dx0), KF_OK);
+        kf__activation_backward_on(best, f, N, y0, dy, dx1);
+        CHECK(memcmp(dx0, dx1, sizeof dx0) == 0);
+    }
 }
 
 static void test_special_values(kf_context *ctx)
@@ -150,7 +239,17 @@ int main(void)
     if (kf_context_create(NULL, &ctx) != KF_OK) {
         return 2;
     }
-    test_accuracy(ctx);
+    int paths = 0;
+    for (int path = 0; path < KF__ACT_PATHS; path++) {
+        if (kf__activation_path_available(path)) {
+            test_accuracy(path);
+            paths++;
+        }
+    }
+    fprintf(stderr, "test_activation: %d instruction-set path(s) tested\n", paths);
+    CHECK(paths >= 1 && kf__activation_path_available(KF__ACT_PATH_GENERIC));
+    test_paths_agree(&rng);
+    test_dispatch(ctx, &rng);
     test_special_values(ctx);
     test_backward(ctx, &rng);
     test_errors(ctx);
