@@ -249,10 +249,10 @@ KF_DEFINE_TRINV_LOWER(trinv_lower_block_d, double, trinv_lower_small_d, kf__dgem
 KF_DEFINE_TRINV_LOWER(trinv_lower_block_f, float, trinv_lower_small_f, kf__gemm)
 
 /* A leaf of the blocked Cholesky: the b x b block at a (its lower triangle) becomes its inverse,
- * both triangles, by potrf, the triangular inverse above and one GEMM (P = B^{-T} B^{-1}); tmp
+ * both triangles, by potrf, the triangular inverse above and a Gram product (P = B^{-T} B^{-1}); tmp
  * holds b * b elements. LAPACK's potri gets there through level-2 kernels at these sizes. 0 when
  * the block is not positive definite. */
-#define KF_DEFINE_LEAF_INVERSE(NAME, T, POTRF, TRINV, GEMM)                                       \
+#define KF_DEFINE_LEAF_INVERSE(NAME, T, POTRF, TRINV, GRAM)                                       \
     static int NAME(size_t b, T *a, size_t lda, T *tmp)                                           \
     {                                                                                             \
         if (POTRF(b, a, lda) != 0) {                                                              \
@@ -262,15 +262,27 @@ KF_DEFINE_TRINV_LOWER(trinv_lower_block_f, float, trinv_lower_small_f, kf__gemm)
             memset(a + i * lda + i + 1, 0, (b - i - 1) * sizeof *a);                              \
         }                                                                                         \
         TRINV(b, a, lda, tmp);                                                                    \
-        GEMM(1, 0, b, b, b, 1, a, lda, a, lda, 0, tmp, b);                                        \
+        GRAM(b, a, lda, tmp);                                                                     \
         for (size_t i = 0; i < b; i++) {                                                          \
             memcpy(a + i * lda, tmp + i * b, b * sizeof *a);                                      \
         }                                                                                         \
         return 1;                                                                                 \
     }
 
-KF_DEFINE_LEAF_INVERSE(leaf_inverse_f, float, kf__spd_cholesky_f, trinv_lower_block_f, kf__gemm)
-KF_DEFINE_LEAF_INVERSE(leaf_inverse_d, double, kf__spd_cholesky_d, trinv_lower_block_d, kf__dgemm)
+/* tmp (b x b) = W^T W for the b x b matrix W at a: float through ssyrk (half the products of a
+ * GEMM), double through the GEMM (the fallback path; kf_mat.h has no dsyrk). */
+static void gram_f(size_t b, const float *a, size_t lda, float *tmp)
+{
+    kf__syrk(b, b, 1.0f, a, lda, 0.0f, tmp, b);
+}
+
+static void gram_d(size_t b, const double *a, size_t lda, double *tmp)
+{
+    kf__dgemm(1, 0, b, b, b, 1.0, a, lda, a, lda, 0.0, tmp, b);
+}
+
+KF_DEFINE_LEAF_INVERSE(leaf_inverse_f, float, kf__spd_cholesky_f, trinv_lower_block_f, gram_f)
+KF_DEFINE_LEAF_INVERSE(leaf_inverse_d, double, kf__spd_cholesky_d, trinv_lower_block_d, gram_d)
 
 /* In place in w (n x n, row stride ldw, the damped factor's lower triangle already copied in),
  * blocks [b0, b1), straight into the stored form of kf__damped_cholesky_ws (kf_internal.h): the
