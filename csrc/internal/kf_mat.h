@@ -15,6 +15,8 @@ void kf__gemm(int ta, int tb, size_t m, size_t n, size_t k, float alpha, const f
 void kf__syrk(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta, float *c,
               size_t ldc);
 
+/* y (n) = alpha * (the column sums of X, m x n); y is not read. */
+void kf__colsum(size_t m, size_t n, float alpha, const float *x, size_t ldx, float *y);
 /* The same in double (used by the linear algebra and the eigenbasis code). */
 void kf__dgemm(int ta, int tb, size_t m, size_t n, size_t k, double alpha, const double *a,
                size_t lda, const double *b, size_t ldb, double beta, double *c, size_t ldc);

@@ -122,19 +122,11 @@ void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, siz
     kf__syrk(m, in, (float)((double)c / (double)m), xs, ldxs, prev ? 1.0f : 0.0f, a, lda);
     if (bias) {
         /* The homogeneous coordinate: A[in][j] = A[j][in] = mean of x_j, A[in][in] = 1 (each
-         * folded like the rest). The sums run along rows (unit stride, vectorized), accumulated
-         * in A's last row. */
+         * folded like the rest), the means formed in A's last row. */
         float *last = a + in * lda;
-        const float scale = (float)((double)c / (double)m);
-        memcpy(last, xs, in * sizeof(float));
-        for (size_t i = 1; i < m; i++) {
-            const float *row = xs + i * ldxs;
-            for (size_t j = 0; j < in; j++) {
-                last[j] += row[j];
-            }
-        }
+        kf__colsum(m, in, (float)((double)c / (double)m), xs, ldxs, last);
         for (size_t j = 0; j < in; j++) {
-            last[j] = scale * last[j] + (prev ? a[j * lda + in] : 0.0f);
+            last[j] += prev ? a[j * lda + in] : 0.0f;
             a[j * lda + in] = last[j];
         }
         last[in] = prev ? a[in * lda + in] + c : 1.0f;

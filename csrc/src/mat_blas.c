@@ -145,6 +145,37 @@ void kf__syrk(size_t k, size_t n, float alpha, const float *x, size_t ldx, float
     mirror_upper(n, c, ldc);
 }
 
+void kf__colsum(size_t m, size_t n, float alpha, const float *x, size_t ldx, float *y)
+{
+    /* As y = alpha X^T 1 through sgemv, which spreads the rows over the BLAS threads (a plain loop
+     * over the rows runs on one core at memory speed): 1024 rows per call against a vector of
+     * ones on the stack. */
+    enum { CHUNK = 1024 };
+    float ones[CHUNK];
+    if (m == 0 || !kf__fits_int(n) || !kf__fits_int(ldx)) {
+        for (size_t j = 0; j < n; j++) {
+            y[j] = 0.0f;
+        }
+        for (size_t i = 0; i < m; i++) {
+            for (size_t j = 0; j < n; j++) {
+                y[j] += x[i * ldx + j];
+            }
+        }
+        for (size_t j = 0; j < n; j++) {
+            y[j] *= alpha;
+        }
+        return;
+    }
+    for (size_t i = 0; i < CHUNK; i++) {
+        ones[i] = 1.0f;
+    }
+    for (size_t i0 = 0; i0 < m; i0 += CHUNK) {
+        size_t rows = m - i0 < CHUNK ? m - i0 : CHUNK;
+        cblas_sgemv(CblasRowMajor, CblasTrans, (int)rows, (int)n, alpha, x + i0 * ldx, (int)ldx, ones,
+                    1, i0 ? 1.0f : 0.0f, y, 1);
+    }
+}
+
 const char *kf__mat_backend(void)
 {
     return "openblas";

@@ -455,6 +455,23 @@ void kf__syrk_on(int path, size_t k, size_t n, float alpha, const float *x, size
     kf__mirror_upper(n, c, ldc);
 }
 
+void kf__colsum(size_t m, size_t n, float alpha, const float *x, size_t ldx, float *y)
+{
+    /* Along the rows (unit stride, vectorised), accumulated in y. */
+    for (size_t j = 0; j < n; j++) {
+        y[j] = 0.0f;
+    }
+    for (size_t i = 0; i < m; i++) {
+        const float *row = x + i * ldx;
+        for (size_t j = 0; j < n; j++) {
+            y[j] += row[j];
+        }
+    }
+    for (size_t j = 0; j < n; j++) {
+        y[j] *= alpha;
+    }
+}
+
 void kf__syrk(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta, float *c,
               size_t ldc)
 {

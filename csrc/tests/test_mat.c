@@ -747,6 +747,37 @@ static void test_errors(kf_context *ctx)
     CHECK(kf_context_last_error(ctx)[0] == '\0');
 }
 
+/* kf__colsum: alpha times the column sums, across the BLAS path's 1024-row chunks, with padded
+ * rows; y is written without being read (NaN before). */
+static void test_colsum(kf_rng *rng)
+{
+    static const size_t ms[] = {1, 3, 1023, 1024, 1025, 2500};
+    static const size_t ns[] = {1, 7, 300};
+    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            size_t m = ms[mi], n = ns[ni], ldx = n + 2;
+            float *x = kf_test_xmalloc(m * ldx * sizeof(float)), *y = kf_test_xmalloc(n * sizeof(float));
+            double *want = kf_test_xmalloc(n * sizeof(double));
+            char what[96];
+            kf_rng_fill(rng, x, m * ldx);
+            for (size_t j = 0; j < n; j++) {
+                want[j] = 0.0;
+                y[j] = NAN;
+                for (size_t i = 0; i < m; i++) {
+                    want[j] += x[i * ldx + j];
+                }
+                want[j] *= 0.5;
+            }
+            kf__colsum(m, n, 0.5f, x, ldx, y);
+            snprintf(what, sizeof what, "colsum m=%zu n=%zu", m, n);
+            kf_test_close(what, 1, n, y, n, want, n, 1e-5, 1e-5 * (double)m);
+            free(x);
+            free(y);
+            free(want);
+        }
+    }
+}
+
 int main(void)
 {
     kf_context *ctx = NULL;
@@ -761,6 +792,7 @@ int main(void)
     test_gemm(ctx, &rng);
     test_dgemm(&rng);
     test_syrk(ctx, &rng);
+    test_colsum(&rng);
 #if defined(KF_HAVE_PATHS)
     test_paths(ctx, &rng);
     test_dispatch(&rng);
