@@ -53,6 +53,10 @@ size_t kf__inverse_scratch(size_t n);
 kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf, float damping,
                                 kf_precision precision, float *inv, size_t ldinv,
                                 float *jitter_used, void *scratch);
+/* The same from f's lower triangle only (the optimizer's factors: see kf__activation_factor_ws). */
+kf_status kf__damped_inverse_lower_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf,
+                                      float damping, kf_precision precision, float *inv,
+                                      size_t ldinv, float *jitter_used, void *scratch);
 /* The damped factor's Cholesky factor L (F + damping I = L L^T, same jitter chain and precision
  * rules as the inverse; scratch of kf__cholesky_scratch(n)) in the blocked form the solves below
  * use: with Bd the KF_CHOL_NB x KF_CHOL_NB diagonal blocks of L and U = L Bd^{-1}, the blocks
@@ -90,9 +94,11 @@ kf_status kf__eigenbasis_apply_ws(kf_errbuf *e, size_t out, size_t dim_a, const 
 size_t kf__context_reserve_bytes(size_t d, size_t rows);
 /* The factor computations without validation. work: n * in (activations) or n * out (gradients)
  * floats, used only in reduce mode with r > 1. alpha = scale^2 / (n R'). With prev (the moving
- * average, dim x dim contiguous) the factor comes out folded, keep * prev + c * (this batch's
- * factor), in the same pass; prev == NULL: the batch's factor alone (keep is ignored, c should be
- * 1). The gradient factor takes c inside alpha. */
+ * average, dim x dim contiguous, of which only the lower triangle is read) the factor comes out
+ * folded, keep * prev + c * (this batch's factor), in the same pass, and only in its lower
+ * triangle (no mirror pass: the optimizer reads factors' lower triangles only); prev == NULL:
+ * the batch's factor alone, both triangles (keep is ignored, c should be 1). The gradient factor
+ * takes c inside alpha. */
 void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, size_t ldx, int bias,
                               kf_shared_mode mode, const float *prev, float keep, float c, float *a,
                               size_t lda, float *work);

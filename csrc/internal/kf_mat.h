@@ -15,6 +15,11 @@ void kf__gemm(int ta, int tb, size_t m, size_t n, size_t k, float alpha, const f
 void kf__syrk(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta, float *c,
               size_t ldc);
 
+/* The lower triangle (diagonal included) of C (n x n) = alpha X^T X + beta C's lower triangle, X k x
+ * n; the strictly upper triangle is unspecified afterwards (BLAS leaves it, the portable kernels
+ * overwrite it). For callers that read only the lower triangle: no mirror pass. */
+void kf__syrk_lower(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta,
+                    float *c, size_t ldc);
 /* y (n) = alpha * (the column sums of X, m x n); y is not read. */
 void kf__colsum(size_t m, size_t n, float alpha, const float *x, size_t ldx, float *y);
 /* The same in double (used by the linear algebra and the eigenbasis code). */

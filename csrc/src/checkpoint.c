@@ -118,39 +118,52 @@ static int layer_floats(const kf_layer_params *p, size_t *floats)
 
 /* ---- what a layer stores --------------------------------------------------------------------- */
 
-/* The buffers of a layer in checkpoint order, with their sizes in floats; returns how many. */
-static size_t layer_buffers(const kf_layer *l, float **ptrs, size_t *counts)
+/* The buffers of a layer in checkpoint order, with their sizes in floats; returns how many.
+ * sym[b] is the dimension of a moving-average factor, 0 for the other buffers: the optimizer keeps
+ * only a factor's lower triangle current, so a factor is written symmetric from it. */
+static size_t layer_buffers(const kf_layer *l, float **ptrs, size_t *counts, size_t *sym)
 {
     size_t k = 0, out = l->p.out, da = l->dim_a;
-#define KF_BUF(ptr, n)      \
+#define KF_BUF(ptr, n, s)   \
     do {                    \
         ptrs[k] = (ptr);    \
         counts[k] = (n);    \
+        sym[k] = (s);       \
         k++;                \
     } while (0)
-    KF_BUF(l->mom, out * da);
+    KF_BUF(l->mom, out * da, 0);
     if (l->p.algorithm == KF_ALGO_ADAM) {
-        KF_BUF(l->adam_v, out * da);
+        KF_BUF(l->adam_v, out * da, 0);
     }
     if (l->precond) {
-        KF_BUF(l->a.f, da * da);
-        KF_BUF(l->a.inv, da * da);
+        KF_BUF(l->a.f, da * da, da);
+        KF_BUF(l->a.inv, da * da, 0);
         if (l->eigen) {
-            KF_BUF(l->a.eig, da);
+            KF_BUF(l->a.eig, da, 0);
         }
     }
     if (l->uses_g) {
-        KF_BUF(l->g.f, out * out);
-        KF_BUF(l->g.inv, out * out);
+        KF_BUF(l->g.f, out * out, out);
+        KF_BUF(l->g.inv, out * out, 0);
         if (l->eigen) {
-            KF_BUF(l->g.eig, out);
+            KF_BUF(l->g.eig, out, 0);
         }
     }
     if (l->p.algorithm == KF_ALGO_EKFAC) {
-        KF_BUF(l->s, out * da);
+        KF_BUF(l->s, out * da, 0);
     }
 #undef KF_BUF
     return k;
+}
+
+/* An n x n matrix written symmetric from its lower triangle. */
+static void put_symmetric(wcur *w, const float *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < n; j++) {
+            put_f32(w, j <= i ? m[i * n + j] : m[j * n + i]);
+        }
+    }
 }
 
 static void write_params(wcur *w, const kf_optimizer_params *p)
@@ -228,7 +241,7 @@ static void write_all(wcur *w, const kf_optimizer *opt)
     for (size_t i = 0; i < opt->n_layers; i++) {
         const kf_layer *l = &opt->layers[i];
         float *ptrs[12];
-        size_t counts[12], nb = layer_buffers(l, ptrs, counts);
+        size_t counts[12], sym[12], nb = layer_buffers(l, ptrs, counts, sym);
         write_layer_shape(w, &l->p);
         put_f64(w, l->a.weight);
         put_f64(w, l->g.weight);
@@ -238,7 +251,11 @@ static void write_all(wcur *w, const kf_optimizer *opt)
         put_f32(w, l->pi);
         put_f32(w, l->damping_used);
         for (size_t b = 0; b < nb; b++) {
-            put(w, ptrs[b], counts[b] * sizeof(float));
+            if (sym[b]) {
+                put_symmetric(w, ptrs[b], sym[b]);
+            } else {
+                put(w, ptrs[b], counts[b] * sizeof(float));
+            }
         }
     }
 }
@@ -357,7 +374,7 @@ static kf_status walk_layers(kf_errbuf *e, rcur *r, kf_optimizer *opt, uint64_t 
         kf_layer_params lp;
         kf_layer *l = &opt->layers[i];
         float *ptrs[12];
-        size_t counts[12], nb;
+        size_t counts[12], sym[12], nb;
         double wa, wg, ws;
         uint32_t has_inv;
         uint64_t inv_count;
@@ -388,7 +405,7 @@ static kf_status walk_layers(kf_errbuf *e, rcur *r, kf_optimizer *opt, uint64_t 
             return kf__fail(e, KF_ERR_FORMAT, "checkpoint layer %llu has invalid counters",
                             (unsigned long long)i);
         }
-        nb = layer_buffers(l, ptrs, counts);
+        nb = layer_buffers(l, ptrs, counts, sym);
         for (size_t b = 0; b < nb; b++) {
             size_t bytes = counts[b] * sizeof(float);
             if (bytes > r->size - r->pos) {

@@ -698,6 +698,29 @@ static void unpack_upper(size_t n, const float *src, float *m)
     }
 }
 
+/* The factors the same way from their lower triangles, the ones the optimizer keeps current (a
+ * plain layer's observation leaves the upper one stale); unpacked into both triangles. */
+static void pack_lower(size_t n, const float *m, float w, float *dst)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float *row = m + i * n;
+        for (size_t j = 0; j <= i; j++) {
+            dst[j] = w * row[j];
+        }
+        dst += i + 1;
+    }
+}
+
+static void unpack_lower(size_t n, const float *src, float *m)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j <= i; j++) {
+            m[i * n + j] = m[j * n + i] = src[j];
+        }
+        src += i + 1;
+    }
+}
+
 /* The lower triangle from the upper one, so that the owner keeps exactly what the others rebuild
  * from the upper triangle it sends. */
 static void mirror_upper(size_t n, float *m)
@@ -744,11 +767,11 @@ static size_t pack_step(kf_dist *d, const kf_layer_tensors *layers, float w, int
                 continue;
             }
             if (l->a.has_pending) {
-                pack_upper(l->dim_a, l->a.pending, w, cur);
+                pack_lower(l->dim_a, l->a.pending, w, cur);
                 cur += tri(l->dim_a);
             }
             if (l->uses_g && l->g.has_pending) {
-                pack_upper(l->p.out, l->g.pending, w, cur);
+                pack_lower(l->p.out, l->g.pending, w, cur);
                 cur += tri(l->p.out);
             }
         }
@@ -769,11 +792,11 @@ static void unpack_factors(kf_dist *d, int stats)
             continue;
         }
         if (l->a.has_pending) {
-            unpack_upper(l->dim_a, cur, l->a.pending);
+            unpack_lower(l->dim_a, cur, l->a.pending);
             cur += tri(l->dim_a);
         }
         if (l->uses_g && l->g.has_pending) {
-            unpack_upper(l->p.out, cur, l->g.pending);
+            unpack_lower(l->p.out, cur, l->g.pending);
             cur += tri(l->p.out);
         }
     }

@@ -89,15 +89,15 @@ kf_status kf_activation_factor(kf_context *ctx, size_t n, size_t r, size_t in,
     return KF_OK;
 }
 
-/* The upper triangle of a (row stride lda) <- keep * prev (dim x dim, contiguous): the part of a
+/* The lower triangle of a (row stride lda) <- keep * prev (dim x dim, contiguous): the part of a
  * moving average that a symmetric rank-k update with beta = 1 then adds the batch to, so that the
  * fold costs no pass of its own. */
-static void scale_upper(size_t dim, float keep, const float *prev, float *a, size_t lda)
+static void scale_lower(size_t dim, float keep, const float *prev, float *a, size_t lda)
 {
     for (size_t i = 0; i < dim; i++) {
         const float *pr = prev + i * dim;
         float *ar = a + i * lda;
-        for (size_t j = i; j < dim; j++) {
+        for (size_t j = 0; j <= i; j++) {
             ar[j] = keep * pr[j];
         }
     }
@@ -109,6 +109,7 @@ void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, siz
 {
     const float *xs = x;
     size_t ldxs = ldx, m = n * r;
+    float scale;
     if (mode == KF_SHARED_REDUCE && r > 1) {
         /* Reduce averages the inputs over the shared axis before the outer product. */
         kf__collapse_shared(n, r, in, x, ldx, 1.0f / (float)r, work);
@@ -116,20 +117,30 @@ void kf__activation_factor_ws(size_t n, size_t r, size_t in, const float *x, siz
         ldxs = in;
         m = n;
     }
+    scale = (float)((double)c / (double)m);
     if (prev) {
-        scale_upper(in + (size_t)bias, keep, prev, a, lda);
+        scale_lower(in + (size_t)bias, keep, prev, a, lda);
+        kf__syrk_lower(m, in, scale, xs, ldxs, 1.0f, a, lda);
+    } else {
+        kf__syrk(m, in, scale, xs, ldxs, 0.0f, a, lda);
     }
-    kf__syrk(m, in, (float)((double)c / (double)m), xs, ldxs, prev ? 1.0f : 0.0f, a, lda);
     if (bias) {
         /* The homogeneous coordinate: A[in][j] = A[j][in] = mean of x_j, A[in][in] = 1 (each
-         * folded like the rest), the means formed in A's last row. */
+         * folded like the rest), the means formed in A's last row; folded, only that row. */
         float *last = a + in * lda;
-        kf__colsum(m, in, (float)((double)c / (double)m), xs, ldxs, last);
-        for (size_t j = 0; j < in; j++) {
-            last[j] += prev ? a[j * lda + in] : 0.0f;
-            a[j * lda + in] = last[j];
+        kf__colsum(m, in, scale, xs, ldxs, last);
+        if (prev) {
+            const float *prev_last = prev + in * (in + 1);
+            for (size_t j = 0; j < in; j++) {
+                last[j] += keep * prev_last[j];
+            }
+            last[in] = keep * prev_last[in] + c;
+        } else {
+            for (size_t j = 0; j < in; j++) {
+                a[j * lda + in] = last[j];
+            }
+            last[in] = 1.0f;
         }
-        last[in] = prev ? a[in * lda + in] + c : 1.0f;
     }
 }
 
@@ -204,9 +215,11 @@ void kf__gradient_factor_ws(size_t n, size_t r, size_t out, const float *g, size
         m = n;
     }
     if (prev) {
-        scale_upper(out, keep, prev, gf, ldgf);
+        scale_lower(out, keep, prev, gf, ldgf);
+        kf__syrk_lower(m, out, alpha, gs, ldgs, 1.0f, gf, ldgf);
+    } else {
+        kf__syrk(m, out, alpha, gs, ldgs, 0.0f, gf, ldgf);
     }
-    kf__syrk(m, out, alpha, gs, ldgs, prev ? 1.0f : 0.0f, gf, ldgf);
 }
 
 kf_status kf_factor_ema_update(kf_context *ctx, size_t dim, float decay,

@@ -325,9 +325,10 @@ KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_f, float, leaf_inverse_f, kf__unit_s
 KF_DEFINE_BLOCKED_CHOLESKY(blocked_cholesky_d, double, leaf_inverse_d, unit_solve_rt_d,
                            schur_lower_d, kf__dgemm)
 
-/* What a damped factorisation produces: the explicit inverse (both triangles), or the blocked
- * Cholesky factor of kf__damped_cholesky_ws. */
-typedef enum { KF_FACT_INVERSE, KF_FACT_CHOLESKY } kf_fact_kind;
+/* What a damped factorisation produces: the explicit inverse (both triangles) of the symmetrised
+ * factor or of its lower triangle, or the blocked Cholesky factor of kf__damped_cholesky_ws (from
+ * the lower triangle). */
+typedef enum { KF_FACT_INVERSE, KF_FACT_INVERSE_LOWER, KF_FACT_CHOLESKY } kf_fact_kind;
 
 /* The float attempt at f + shift I, in w (row stride ldw; unspecified after a failure), tmp as
  * blocked_cholesky_f's: 1 done, 0 not positive definite or not finite, -1 f holds NaN or Inf. */
@@ -337,7 +338,7 @@ static int attempt_float(kf_fact_kind kind, size_t n, const float *f, size_t ldf
     if (!(kind == KF_FACT_INVERSE ? sym_copy_f : lower_copy_f)(n, f, ldf, shift, w, ldw)) {
         return -1;
     }
-    if (kind == KF_FACT_INVERSE) {
+    if (kind != KF_FACT_CHOLESKY) {
         return kf__spd_inverse_f(n, w, ldw) == 0 && kf__all_finite(n, n, w, ldw);
     }
     if (!blocked_cholesky_f(n, w, ldw, tmp, 0, (n + KF_CHOL_NB - 1) / KF_CHOL_NB)) {
@@ -360,7 +361,7 @@ static int attempt_double(kf_fact_kind kind, size_t n, const float *f, size_t ld
     if (!(kind == KF_FACT_INVERSE ? sym_copy_d : lower_copy_d)(n, f, ldf, shift, w, n)) {
         return -1;
     }
-    if (kind == KF_FACT_INVERSE) {
+    if (kind != KF_FACT_CHOLESKY) {
         return kf__spd_inverse_d(n, w, n) == 0 && fits_float_d(n, n, w);
     }
     if (!blocked_cholesky_d(n, w, n, tmp, 0, (n + KF_CHOL_NB - 1) / KF_CHOL_NB)) {
@@ -386,8 +387,8 @@ static kf_status damped_factorise(kf_errbuf *e, kf_fact_kind kind, size_t n, con
     double *wd = (double *)scratch, *tmp_d = wd + KF_ALIGN_UP(n * n * sizeof(double)) / sizeof(double);
     int r = 0;
     if (precision == KF_PRECISION_FLOAT) {
-        float *wf = kind == KF_FACT_INVERSE ? (float *)scratch : out;
-        size_t ldw = kind == KF_FACT_INVERSE ? n : ldo;
+        float *wf = kind != KF_FACT_CHOLESKY ? (float *)scratch : out;
+        size_t ldw = kind != KF_FACT_CHOLESKY ? n : ldo;
         r = attempt_float(kind, n, f, ldf, damping, wf, ldw, (float *)scratch);
         if (r > 0) {
             for (size_t i = 0; wf != out && i < n; i++) {
@@ -406,7 +407,7 @@ static kf_status damped_factorise(kf_errbuf *e, kf_fact_kind kind, size_t n, con
         r = attempt_double(kind, n, f, ldf, (double)damping + jitter, wd, tmp_d);
         if (r > 0) {
             for (size_t i = 0; i < n; i++) {
-                size_t end = kind == KF_FACT_INVERSE ? n : blk_end(i / KF_CHOL_NB + 1, n);
+                size_t end = kind != KF_FACT_CHOLESKY ? n : blk_end(i / KF_CHOL_NB + 1, n);
                 for (size_t j = 0; j < end; j++) {
                     out[i * ldo + j] = (float)wd[i * n + j];
                 }
@@ -432,6 +433,14 @@ kf_status kf__damped_inverse_ws(kf_errbuf *e, size_t n, const float *f, size_t l
                                 float *jitter_used, void *scratch)
 {
     return damped_factorise(e, KF_FACT_INVERSE, n, f, ldf, damping, precision, inv, ldinv,
+                            jitter_used, scratch);
+}
+
+kf_status kf__damped_inverse_lower_ws(kf_errbuf *e, size_t n, const float *f, size_t ldf,
+                                      float damping, kf_precision precision, float *inv,
+                                      size_t ldinv, float *jitter_used, void *scratch)
+{
+    return damped_factorise(e, KF_FACT_INVERSE_LOWER, n, f, ldf, damping, precision, inv, ldinv,
                             jitter_used, scratch);
 }
 

@@ -145,6 +145,20 @@ void kf__syrk(size_t k, size_t n, float alpha, const float *x, size_t ldx, float
     mirror_upper(n, c, ldc);
 }
 
+void kf__syrk_lower(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta,
+                    float *c, size_t ldc)
+{
+    if (!kf__fits_int(n) || !kf__fits_int(k) || !kf__fits_int(ldx) || !kf__fits_int(ldc)) {
+        for (size_t i = 0; i < n; i++) {
+            kf__gemm_loops(1, 0, 1, i + 1, k, alpha, x + i, ldx, x, ldx, beta, c + i * ldc, ldc);
+        }
+        return;
+    }
+    /* Row-major lower with Trans: only j <= i written. */
+    cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, (int)n, (int)k, alpha, x, (int)ldx, beta, c,
+                (int)ldc);
+}
+
 void kf__colsum(size_t m, size_t n, float alpha, const float *x, size_t ldx, float *y)
 {
     /* As y = alpha X^T 1 through sgemv, which spreads the rows over the BLAS threads (a plain loop

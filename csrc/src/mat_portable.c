@@ -455,6 +455,20 @@ void kf__syrk_on(int path, size_t k, size_t n, float alpha, const float *x, size
     kf__mirror_upper(n, c, ldc);
 }
 
+void kf__syrk_lower(size_t k, size_t n, float alpha, const float *x, size_t ldx, float beta,
+                    float *c, size_t ldc)
+{
+    /* The blocked driver computes the upper triangle and mirrors it: hand it the lower one. */
+    if (beta != 0.0f) {
+        for (size_t i = 1; i < n; i++) {
+            for (size_t j = 0; j < i; j++) {
+                c[j * ldc + i] = c[i * ldc + j];
+            }
+        }
+    }
+    kf__syrk(k, n, alpha, x, ldx, beta, c, ldc);
+}
+
 void kf__colsum(size_t m, size_t n, float alpha, const float *x, size_t ldx, float *y)
 {
     /* Along the rows (unit stride, vectorised), accumulated in y. */

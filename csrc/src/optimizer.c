@@ -681,9 +681,11 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
         return s;
     }
     /* A plain layer's product comes out folded into the moving average (the step then has no
-     * fold pass to make); the others fold in the step, after merging their uses. */
-    fold_w = deferred ? (double)opt->p.factor_decay * l->a.weight + 1.0 : 0.0;
-    prev = deferred && l->a.weight != 0.0 ? l->a.f : NULL;
+     * fold pass to make), in its lower triangle only (no mirror pass: the optimizer reads the
+     * factors' lower triangles); the others, and the eigenbasis algorithms, whose
+     * eigendecomposition reads both triangles, fold in the step, after merging their uses. */
+    fold_w = deferred && !l->eigen ? (double)opt->p.factor_decay * l->a.weight + 1.0 : 0.0;
+    prev = fold_w != 0.0 && l->a.weight != 0.0 ? l->a.f : NULL;
     c = prev ? (float)(1.0 / fold_w) : 1.0f;
     kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, prev,
                              prev ? (float)(1.0 - 1.0 / fold_w) : 0.0f, c, target, l->dim_a,
@@ -774,8 +776,8 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     if ((s = begin_observation(opt, fn, layer, &l->g, n, &target)) != KF_OK) {
         return s;
     }
-    fold_w = deferred ? (double)opt->p.factor_decay * l->g.weight + 1.0 : 0.0;
-    prev = deferred && l->g.weight != 0.0 ? l->g.f : NULL;
+    fold_w = deferred && !l->eigen ? (double)opt->p.factor_decay * l->g.weight + 1.0 : 0.0;
+    prev = fold_w != 0.0 && l->g.weight != 0.0 ? l->g.f : NULL;
     if (prev) {
         alpha /= fold_w;
     }
@@ -1113,7 +1115,7 @@ static kf_status plan_layer(kf_optimizer *opt, size_t i, int stats, int inv_due,
                              float *, size_t, float *, void *);
         pl->chol = local && opt->p.inverse_interval == 1 && !reassociate(opt, l, g) &&
                    (l->p.algorithm == KF_ALGO_FOOF || l->p.algorithm == KF_ALGO_KFAC);
-        refresh = pl->chol ? kf__damped_cholesky_ws : kf__damped_inverse_ws;
+        refresh = pl->chol ? kf__damped_cholesky_ws : kf__damped_inverse_lower_ws;
         pl->damping = lambda;
         switch (l->p.algorithm) {
         case KF_ALGO_FOOF:
@@ -1855,8 +1857,11 @@ kf_status kf_optimizer_layer_factor(const kf_optimizer *opt, size_t layer, kf_fa
     if (sd->weight == 0.0) {
         return kf__fail(&m->err, KF_ERR_STATE, "%s: layer %zu has no statistics yet", fn, layer);
     }
+    /* From the lower triangle, the one the optimizer keeps current (see kf__activation_factor_ws). */
     for (size_t i = 0; i < sd->dim; i++) {
-        memcpy(f + i * ldf, sd->f + i * sd->dim, sd->dim * sizeof(float));
+        for (size_t j = 0; j <= i; j++) {
+            f[i * ldf + j] = f[j * ldf + i] = sd->f[i * sd->dim + j];
+        }
     }
     kf__clear(&m->err);
     return KF_OK;
