@@ -89,6 +89,20 @@ static int finite_floats(const unsigned char *p, size_t count)
     return !bad;
 }
 
+/* 1 if the n x n floats at p (possibly unaligned) are exactly symmetric, bit for bit. */
+static int symmetric_floats(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (memcmp(p + (i * n + j) * sizeof(float), p + (j * n + i) * sizeof(float),
+                       sizeof(float)) != 0) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 /* The floats a layer of these settings stores (the sum over layer_buffers), overflow-checked, so
  * that a checkpoint's claims can be checked against its size before anything is allocated. */
 static int layer_floats(const kf_layer_params *p, size_t *floats)
@@ -417,6 +431,10 @@ static kf_status walk_layers(kf_errbuf *e, rcur *r, kf_optimizer *opt, uint64_t 
             } else if (!finite_floats(r->buf + r->pos, counts[b])) {
                 /* A state the library never produces: it would turn the next step into NaN. */
                 return kf__fail(e, KF_ERR_FORMAT, "checkpoint layer %llu holds NaN or Inf",
+                                (unsigned long long)i);
+            } else if (sym[b] && !symmetric_floats(r->buf + r->pos, sym[b])) {
+                /* Nor this: factors are written symmetric, and the optimizer reads one triangle. */
+                return kf__fail(e, KF_ERR_FORMAT, "checkpoint layer %llu holds an asymmetric factor",
                                 (unsigned long long)i);
             }
             r->pos += bytes;

@@ -499,10 +499,45 @@ static void test_non_finite_state(void)
     free(ck);
 }
 
+/* Factors are written symmetric (the optimizer keeps their lower triangles and writes both from
+ * it): a checkpoint with a valid checksum whose factor is not exactly symmetric is a state the
+ * library never writes, and is refused; the same change made to both triangles is accepted. The
+ * layer is FOOF 1 x 2 without bias: momentum (2 floats), A (2 x 2), its inverse (2 x 2). */
+static void test_asymmetric_factor(void)
+{
+    kf_optimizer_params p;
+    kf_optimizer *opt = NULL, *back = NULL;
+    kf_layer_params lp;
+    size_t idx, size;
+    unsigned char *ck;
+    float v = 0.25f;
+    uint64_t sum;
+    kf_optimizer_params_init(&p, KF_ALGO_FOOF);
+    CHECK_STATUS(kf_optimizer_create(&p, NULL, &opt), KF_OK);
+    kf_layer_params_init(&lp, 1, 2);
+    lp.bias = 0;
+    CHECK_STATUS(kf_optimizer_add_layer(opt, &lp, &idx), KF_OK);
+    ck = save_mem(opt, &size);
+    memcpy(ck + size - 8 - 32 + 4, &v, 4); /* A[0][1] */
+    sum = fnv1a(ck, size - 8);
+    memcpy(ck + size - 8, &sum, 8);
+    CHECK_STATUS(kf_optimizer_create_from_checkpoint(ck, size, NULL, &back), KF_ERR_FORMAT);
+    CHECK_STATUS(kf_optimizer_restore(opt, ck, size), KF_ERR_FORMAT);
+    CHECK(strstr(kf_optimizer_last_error(opt), "asymmetric") != NULL);
+    memcpy(ck + size - 8 - 32 + 8, &v, 4); /* A[1][0] too */
+    sum = fnv1a(ck, size - 8);
+    memcpy(ck + size - 8, &sum, 8);
+    CHECK_STATUS(kf_optimizer_restore(opt, ck, size), KF_OK);
+    kf_optimizer_destroy(back);
+    kf_optimizer_destroy(opt);
+    free(ck);
+}
+
 int main(void)
 {
     test_hostile_header();
     test_non_finite_state();
+    test_asymmetric_factor();
     test_truncate_and_flip();
     test_files();
     test_kill_during_save();
