@@ -778,6 +778,52 @@ static void test_colsum(kf_rng *rng)
     }
 }
 
+/* kf__syrk_lower: the lower triangle of alpha X^T X + beta C from C's lower triangle alone (the
+ * upper one holds NaN before: it must not be read). */
+static void test_syrk_lower(kf_rng *rng)
+{
+    static const size_t ns[] = {1, 5, 130};
+    static const size_t ks[] = {1, 64, 300};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+            size_t n = ns[ni], k = ks[ki], ldc = n + 3;
+            float *x = kf_test_xmalloc(k * n * sizeof(float)), *c = kf_test_xmalloc(n * ldc * sizeof(float));
+            double *want = kf_test_xmalloc(n * n * sizeof(double));
+            float *got = kf_test_xmalloc(n * n * sizeof(float));
+            char what[96];
+            kf_rng_fill(rng, x, k * n);
+            kf_rng_fill(rng, c, n * ldc);
+            for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j <= i; j++) {
+                    double acc = 0.0;
+                    for (size_t p = 0; p < k; p++) {
+                        acc += (double)x[p * n + i] * x[p * n + j];
+                    }
+                    want[i * n + j] = 0.5 * acc + 0.75 * c[i * ldc + j];
+                }
+                for (size_t j = i + 1; j < n; j++) {
+                    c[i * ldc + j] = NAN;
+                }
+            }
+            kf__syrk_lower(k, n, 0.5f, x, n, 0.75f, c, ldc);
+            for (size_t i = 0; i < n; i++) {
+                for (size_t j = 0; j < n; j++) {
+                    got[i * n + j] = j <= i ? c[i * ldc + j] : 0.0f;
+                    if (j > i) {
+                        want[i * n + j] = 0.0;
+                    }
+                }
+            }
+            snprintf(what, sizeof what, "syrk_lower n=%zu k=%zu", n, k);
+            kf_test_close(what, n, n, got, n, want, n, 1e-5, 1e-5);
+            free(x);
+            free(c);
+            free(want);
+            free(got);
+        }
+    }
+}
+
 int main(void)
 {
     kf_context *ctx = NULL;
@@ -793,6 +839,7 @@ int main(void)
     test_dgemm(&rng);
     test_syrk(ctx, &rng);
     test_colsum(&rng);
+    test_syrk_lower(&rng);
 #if defined(KF_HAVE_PATHS)
     test_paths(ctx, &rng);
     test_dispatch(&rng);
