@@ -630,17 +630,37 @@ static kf_status check_observation(kf_optimizer *opt, const char *fn, size_t lay
     return KF_OK;
 }
 
+/* The fold an observation makes as it computes: a plain layer's product comes out folded into the
+ * moving average (the step then has no fold pass to make), in its lower triangle only (no mirror
+ * pass: the optimizer reads the factors' lower triangles). The others, and the eigenbasis
+ * algorithms, whose eigendecomposition reads both triangles, fold in the step after merging their
+ * uses: *fold_w = 0. Else *fold_w is the weight after the fold, *keep and *c its coefficients, and
+ * the moving average to fold is returned (NULL before the first statistics: the batch alone). */
+static const float *observation_fold(const kf_optimizer *opt, const kf_layer *l,
+                                     const kf_side *sd, int deferred, double *fold_w, float *keep,
+                                     float *c)
+{
+    *fold_w = deferred && !l->eigen ? (double)opt->p.factor_decay * sd->weight + 1.0 : 0.0;
+    if (*fold_w == 0.0 || sd->weight == 0.0) {
+        *keep = 0.0f;
+        *c = 1.0f;
+        return NULL;
+    }
+    *keep = (float)(1.0 - 1.0 / *fold_w);
+    *c = (float)(1.0 / *fold_w);
+    return sd->f;
+}
+
 kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size_t n,
                                            const float *x, size_t ldx)
 {
     static const char fn[] = "kf_optimizer_observe_activations";
-    float *target = NULL, c;
+    float *target = NULL, keep, c;
     const float *prev;
     kf_layer *l;
     size_t rows, in, r, needed = 0, coll_rows;
     int deferred;
     double fold_w;
-    obs_input xin;
     kf_status s;
     if (!opt) {
         return KF_ERR_NULL_POINTER;
@@ -680,22 +700,10 @@ kf_status kf_optimizer_observe_activations(kf_optimizer *opt, size_t layer, size
     if ((s = begin_observation(opt, fn, layer, &l->a, n, &target)) != KF_OK) {
         return s;
     }
-    /* A plain layer's product comes out folded into the moving average (the step then has no
-     * fold pass to make), in its lower triangle only (no mirror pass: the optimizer reads the
-     * factors' lower triangles); the others, and the eigenbasis algorithms, whose
-     * eigendecomposition reads both triangles, fold in the step, after merging their uses. */
-    fold_w = deferred && !l->eigen ? (double)opt->p.factor_decay * l->a.weight + 1.0 : 0.0;
-    prev = fold_w != 0.0 && l->a.weight != 0.0 ? l->a.f : NULL;
-    c = prev ? (float)(1.0 / fold_w) : 1.0f;
-    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, prev,
-                             prev ? (float)(1.0 - 1.0 / fold_w) : 0.0f, c, target, l->dim_a,
-                             (float *)opt->obs_work);
-    xin.data = x;
-    xin.rows = rows;
-    xin.width = in;
-    xin.ld = ldx;
-    xin.layer = layer;
-    xin.name = "x";
+    prev = observation_fold(opt, l, &l->a, deferred, &fold_w, &keep, &c);
+    kf__activation_factor_ws(n, r, in, x, ldx, l->p.bias, l->p.shared_mode, prev, keep, c, target,
+                             l->dim_a, (float *)opt->obs_work);
+    const obs_input xin = {x, rows, in, ldx, layer, "x"};
     if ((s = finish_observation(opt, fn, l, &l->a, n, 1, deferred ? &xin : NULL, fold_w,
                                 (double)c / (double)(coll_rows ? n : rows))) != KF_OK) {
         return s;
@@ -731,7 +739,7 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     kf_layer *l;
     size_t rows, out, r, needed = 0, coll_rows;
     int deferred;
-    obs_input gin;
+    float keep, c;
     double alpha, fold_w;
     kf_status s;
     if (!opt) {
@@ -776,20 +784,13 @@ kf_status kf_optimizer_observe_gradients(kf_optimizer *opt, size_t layer, size_t
     if ((s = begin_observation(opt, fn, layer, &l->g, n, &target)) != KF_OK) {
         return s;
     }
-    fold_w = deferred && !l->eigen ? (double)opt->p.factor_decay * l->g.weight + 1.0 : 0.0;
-    prev = fold_w != 0.0 && l->g.weight != 0.0 ? l->g.f : NULL;
+    prev = observation_fold(opt, l, &l->g, deferred, &fold_w, &keep, &c);
     if (prev) {
-        alpha /= fold_w;
+        alpha /= fold_w; /* the gradient factor takes the fold's c inside alpha */
     }
-    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, prev,
-                           prev ? (float)(1.0 - 1.0 / fold_w) : 0.0f, target, out,
-                           (float *)opt->obs_work);
-    gin.data = g;
-    gin.rows = rows;
-    gin.width = out;
-    gin.ld = ldg;
-    gin.layer = layer;
-    gin.name = "g";
+    kf__gradient_factor_ws(n, r, out, g, ldg, l->p.shared_mode, (float)alpha, prev, keep, target,
+                           out, (float *)opt->obs_work);
+    const obs_input gin = {g, rows, out, ldg, layer, "g"};
     if ((s = finish_observation(opt, fn, l, &l->g, n, 0, deferred ? &gin : NULL, fold_w,
                                 alpha)) != KF_OK) {
         return s;
